@@ -1,0 +1,43 @@
+//! Makes the crate's own tests, examples and benches find libtorch and see the
+//! GPU without a hand-set `LD_LIBRARY_PATH`.
+//!
+//! torch-sys publishes the libtorch library folder it linked against as
+//! `DEP_TCH_LIBTORCH_LIB` (its `links = "tch"` metadata). Two link arguments
+//! follow from it:
+//! - an rpath to that folder and to the wheel's `nvidia/cu13/lib` (NVRTC), so
+//!   the binaries load the same libtorch they were built against;
+//! - `--no-as-needed -ltorch_cuda`: nothing in the binary references a symbol
+//!   of libtorch_cuda.so, so `--as-needed` drops it, and then libtorch never
+//!   registers its CUDA backend (`tch::Cuda::is_available()` is false on a GPU
+//!   machine).
+//!
+//! Link arguments of a build script reach this package's own targets only; the
+//! README says what a downstream binary needs (the `seesaw_loss::link` helpers).
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels/seesaw.cu");
+    let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
+    let lib = PathBuf::from(lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // The wheel layout: site-packages/torch/lib and site-packages/nvidia/cu13/lib.
+    if let Some(site_packages) = lib.parent().and_then(|torch| torch.parent()) {
+        let cu13 = site_packages.join("nvidia").join("cu13").join("lib");
+        if cu13.is_dir() {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", cu13.display());
+            println!("cargo:rustc-env=SEESAW_BUILD_CUDA_LIB_DIR={}", cu13.display());
+        }
+    }
+    println!("cargo:rustc-env=SEESAW_BUILD_TORCH_LIB_DIR={}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-L{}", lib.display());
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

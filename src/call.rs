@@ -1,0 +1,34 @@
+//! One validated call of the loss, as the backends receive it.
+
+use tch::{Kind, Tensor};
+
+use crate::config::{Head, Reduction};
+
+/// Everything a backend needs for one call. Built by
+/// [`SeesawLoss`](crate::SeesawLoss) after validation and after the counts
+/// took the current batch in.
+pub(crate) struct Call {
+    pub head: Head,
+    pub num_classes: i64,
+    /// `cls_score` as the caller gave it: gradients flow back through it.
+    pub scores: Tensor,
+    /// `[N]` int64, checked to be in range for the head.
+    pub labels: Tensor,
+    /// `[N]` in the compute kind, detached.
+    pub weights: Option<Tensor>,
+    /// `[C]` `log(max(n, 1))` in the compute kind.
+    pub log_counts: Tensor,
+    pub compute_kind: Kind,
+    pub p: f64,
+    pub q: f64,
+    pub eps: f64,
+    pub loss_weight: f64,
+    pub reduction: Reduction,
+    pub avg_factor: Option<f64>,
+}
+
+/// The two parts of the loss, reduced.
+pub(crate) struct Parts {
+    pub classes: Tensor,
+    pub objectness: Option<Tensor>,
+}

@@ -1,0 +1,251 @@
+//! The loss's configuration: which head, the Seesaw hyper-parameters, the
+//! reduction and the backend.
+
+use anyhow::{bail, Result};
+
+/// How per-row losses are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// One loss per row: the class loss has one entry per positive row (in row
+    /// order), the objectness loss one entry per row.
+    None,
+    /// Sum over rows divided by the number of rows of that part, or by
+    /// `avg_factor + f32::EPSILON` when an `avg_factor` is given.
+    Mean,
+    /// Sum over rows. `avg_factor` is rejected with this reduction.
+    Sum,
+}
+
+/// Which implementation computes the loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The fused path where one exists for the scores' device (the CUDA kernel
+    /// on CUDA tensors, its multi-threaded CPU mirror on CPU tensors), else
+    /// [`Backend::Reference`].
+    Auto,
+    /// The pure-libtorch path: plain tch operations, autograd through them.
+    /// Runs wherever libtorch runs; every other path is tested against it.
+    Reference,
+    /// The fused path; an error where none exists for the scores' device.
+    Fused,
+}
+
+/// The two heads the crate supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// mmdetection-style: `cls_score` is `[N, C+2]`, the last two columns are
+    /// objectness logits (foreground, background), labels are in `[0, C]` with
+    /// `C` meaning background.
+    Detection,
+    /// mmpretrain-style: `cls_score` is `[N, C]`, labels are in `[0, C)`.
+    Classification,
+}
+
+/// Configuration of a [`SeesawLoss`](crate::SeesawLoss), built with chained
+/// setters from [`SeesawConfig::detection`] or [`SeesawConfig::classification`].
+///
+/// ```
+/// use seesaw_loss::{Reduction, SeesawConfig};
+/// let config = SeesawConfig::detection(1203).p(0.8).q(2.0).reduction(Reduction::Sum);
+/// assert_eq!(config.num_classes(), 1203);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SeesawConfig {
+    pub(crate) head: Head,
+    pub(crate) num_classes: i64,
+    pub(crate) p: f64,
+    pub(crate) q: f64,
+    pub(crate) eps: f64,
+    pub(crate) loss_weight: f64,
+    pub(crate) reduction: Reduction,
+    pub(crate) backend: Backend,
+}
+
+impl SeesawConfig {
+    fn new(head: Head, num_classes: i64) -> Self {
+        SeesawConfig {
+            head,
+            num_classes,
+            p: 0.8,
+            q: 2.0,
+            eps: 1e-2,
+            loss_weight: 1.0,
+            reduction: Reduction::Mean,
+            backend: Backend::Auto,
+        }
+    }
+
+    /// A detection head with `num_classes` object classes: `cls_score` is
+    /// `[N, num_classes + 2]` and label `num_classes` is background.
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::detection(80);
+    /// assert_eq!(config.cls_channels(), 82);
+    /// ```
+    pub fn detection(num_classes: i64) -> Self {
+        Self::new(Head::Detection, num_classes)
+    }
+
+    /// A classification head with `num_classes` classes: `cls_score` is
+    /// `[N, num_classes]`.
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::classification(1000);
+    /// assert_eq!(config.cls_channels(), 1000);
+    /// ```
+    pub fn classification(num_classes: i64) -> Self {
+        Self::new(Head::Classification, num_classes)
+    }
+
+    /// Exponent of the mitigation factor (default 0.8); 0 switches it off.
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::classification(10).p(0.0);
+    /// assert_eq!(config.get_p(), 0.0);
+    /// ```
+    pub fn p(mut self, v: f64) -> Self {
+        self.p = v;
+        self
+    }
+
+    /// Exponent of the compensation factor (default 2.0); 0 switches it off.
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::classification(10).q(0.0);
+    /// assert_eq!(config.get_q(), 0.0);
+    /// ```
+    pub fn q(mut self, v: f64) -> Self {
+        self.q = v;
+        self
+    }
+
+    /// Floor of the self score in the compensation ratio (default 1e-2).
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::classification(10).eps(1e-3);
+    /// assert_eq!(config.get_eps(), 1e-3);
+    /// ```
+    pub fn eps(mut self, v: f64) -> Self {
+        self.eps = v;
+        self
+    }
+
+    /// Factor applied to both parts of the loss (default 1.0).
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::classification(10).loss_weight(0.5);
+    /// assert_eq!(config.get_loss_weight(), 0.5);
+    /// ```
+    pub fn loss_weight(mut self, v: f64) -> Self {
+        self.loss_weight = v;
+        self
+    }
+
+    /// Default reduction of [`SeesawLoss::forward`](crate::SeesawLoss::forward)
+    /// (default [`Reduction::Mean`]).
+    ///
+    /// ```
+    /// use seesaw_loss::{Reduction, SeesawConfig};
+    /// let config = SeesawConfig::classification(10).reduction(Reduction::Sum);
+    /// assert_eq!(config.get_reduction(), Reduction::Sum);
+    /// ```
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+
+    /// Which implementation to use (default [`Backend::Auto`]).
+    ///
+    /// ```
+    /// use seesaw_loss::{Backend, SeesawConfig};
+    /// let config = SeesawConfig::classification(10).backend(Backend::Reference);
+    /// assert_eq!(config.get_backend(), Backend::Reference);
+    /// ```
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
+        self
+    }
+
+    /// The head this configuration describes.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// The number of object classes `C` (background and objectness excluded).
+    pub fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    /// Width of `cls_score`: `C + 2` for detection, `C` for classification.
+    pub fn cls_channels(&self) -> i64 {
+        match self.head {
+            Head::Detection => self.num_classes + 2,
+            Head::Classification => self.num_classes,
+        }
+    }
+
+    /// Number of cumulative counters: `C + 1` for detection (background at
+    /// index `C`), `C` for classification.
+    pub fn num_counters(&self) -> i64 {
+        match self.head {
+            Head::Detection => self.num_classes + 1,
+            Head::Classification => self.num_classes,
+        }
+    }
+
+    /// The mitigation exponent.
+    pub fn get_p(&self) -> f64 {
+        self.p
+    }
+
+    /// The compensation exponent.
+    pub fn get_q(&self) -> f64 {
+        self.q
+    }
+
+    /// The self-score floor.
+    pub fn get_eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// The factor on both parts of the loss.
+    pub fn get_loss_weight(&self) -> f64 {
+        self.loss_weight
+    }
+
+    /// The default reduction.
+    pub fn get_reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The requested backend.
+    pub fn get_backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the values a loss cannot be built with.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.num_classes < 1 {
+            bail!(
+                "invalid config: num_classes must be at least 1, got {}",
+                self.num_classes
+            );
+        }
+        check_exponent("p", self.p)?;
+        check_exponent("q", self.q)?;
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            bail!("invalid config: eps must be a finite number > 0, got {}", self.eps);
+        }
+        if !self.loss_weight.is_finite() {
+            bail!("invalid config: loss_weight must be finite, got {}", self.loss_weight);
+        }
+        Ok(())
+    }
+}
+
+fn check_exponent(name: &str, v: f64) -> Result<()> {
+    if !(v >= 0.0 && v.is_finite()) {
+        bail!("invalid config: {name} must be a finite number >= 0, got {v}");
+    }
+    Ok(())
+}

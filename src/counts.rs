@@ -1,0 +1,95 @@
+//! The cumulative per-class sample counts, the loss's only state.
+//!
+//! They live in the `VarStore` as a non-trainable int64 variable named
+//! `cum_samples`, so `vs.save` / `vs.load` checkpoint them. int64 keeps them
+//! exact (an f32 counter, as the Python references use, stops counting at
+//! 2^24 = 16.7M samples), and `vs.half()` / `vs.float()` leave integer
+//! variables alone. `vs.load` gives a variable the checkpoint's kind, so a
+//! checkpoint written with float counts is accepted, checked, and turned back
+//! into int64 on the next call.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Name of the variable under the loss's path.
+pub(crate) const VAR_NAME: &str = "cum_samples";
+
+pub(crate) struct Counts {
+    var: Tensor,
+    len: i64,
+}
+
+impl Counts {
+    pub(crate) fn new(path: &tch::nn::Path, len: i64) -> Result<Self> {
+        let zeros = Tensor::f_zeros([len], (Kind::Int64, path.device()))?;
+        let var = path.add(VAR_NAME, zeros, false);
+        Ok(Counts { var, len })
+    }
+
+    /// The counts as they are now (a copy, int64).
+    pub(crate) fn snapshot(&self) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.var.to_kind(Kind::Int64).copy()
+    }
+
+    /// The variable itself, in whatever kind a checkpoint left it.
+    pub(crate) fn raw(&self) -> &Tensor {
+        &self.var
+    }
+
+    /// Checks what a checkpoint may have changed: length and device.
+    pub(crate) fn check_layout(&self, device: Device) -> Result<()> {
+        let shape = self.var.size();
+        if shape != [self.len] {
+            bail!(
+                "cum_samples has shape {shape:?}, expected [{}]: the checkpoint does not match this head",
+                self.len
+            );
+        }
+        if self.var.device() != device {
+            bail!(
+                "cum_samples is on {:?} but cls_score is on {device:?}; build the loss under a VarStore on the scores' device",
+                self.var.device()
+            );
+        }
+        Ok(())
+    }
+
+    /// Brings float counts from a checkpoint back to int64; call once they are
+    /// known to be finite and non-negative.
+    pub(crate) fn normalize(&self) {
+        if self.var.kind() != Kind::Int64 {
+            let _guard = tch::no_grad_guard();
+            let exact = self.var.round().to_kind(Kind::Int64);
+            let mut var = self.var.shallow_clone();
+            var.set_data(&exact);
+        }
+    }
+
+    /// Adds one to `counts[label]` for every label, on the labels' device,
+    /// with no host round trip.
+    pub(crate) fn add(&self, labels: &Tensor) {
+        self.add_scaled(labels, 1);
+    }
+
+    /// Undoes [`Counts::add`] when the loss computation fails afterwards.
+    pub(crate) fn remove(&self, labels: &Tensor) {
+        self.add_scaled(labels, -1);
+    }
+
+    fn add_scaled(&self, labels: &Tensor, step: i64) {
+        if labels.numel() == 0 {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let ones = Tensor::full([labels.numel() as i64], step, (Kind::Int64, labels.device()));
+        let mut var = self.var.shallow_clone();
+        let _ = var.index_add_(0, labels, &ones);
+    }
+
+    /// `log(max(n_j, 1))` for the first `num_classes` counters, in `kind`.
+    pub(crate) fn log_counts(&self, num_classes: i64, kind: Kind) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.var.narrow(0, 0, num_classes).to_kind(kind).clamp_min(1.0).log()
+    }
+}

@@ -1,0 +1,164 @@
+//! Checks of a call's tensors. Everything here runs before the counts change,
+//! so an error leaves the loss's state as it was.
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Head, Reduction, SeesawConfig};
+
+/// The floating kinds accepted for scores; the loss is computed in
+/// [`compute_kind`].
+pub(crate) fn is_score_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
+/// f64 scores are computed and returned in f64; f32, f16 and bf16 in f32.
+pub(crate) fn compute_kind(score_kind: Kind) -> Kind {
+    if score_kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// Checks that `cls_score` is a 2-D floating tensor of the head's width and
+/// returns its number of rows.
+pub(crate) fn check_scores(config: &SeesawConfig, cls_score: &Tensor) -> Result<i64> {
+    let shape = cls_score.size();
+    let width = config.cls_channels();
+    let expected = match config.head() {
+        Head::Detection => format!("[N, {width}] (C + 2 with C = {})", config.num_classes()),
+        Head::Classification => format!("[N, {width}]"),
+    };
+    if shape.len() != 2 {
+        bail!("cls_score must be 2-D {expected}, got shape {shape:?}");
+    }
+    let kind = cls_score.kind();
+    if !is_score_kind(kind) {
+        bail!("cls_score must be f32, f64, f16 or bf16, got {kind:?}");
+    }
+    if shape[1] != width {
+        bail!(
+            "cls_score has {} columns but the {} head expects {expected}",
+            shape[1],
+            head_name(config)
+        );
+    }
+    Ok(shape[0])
+}
+
+fn head_name(config: &SeesawConfig) -> &'static str {
+    match config.head() {
+        Head::Detection => "detection",
+        Head::Classification => "classification",
+    }
+}
+
+/// Checks the kind, shape and device of `labels` and returns them as int64.
+pub(crate) fn check_labels(labels: &Tensor, rows: i64, device: Device) -> Result<Tensor> {
+    let kind = labels.kind();
+    if !matches!(kind, Kind::Int64 | Kind::Int) {
+        bail!("labels must hold integer class indices (int64 or int32), got {kind:?}");
+    }
+    let shape = labels.size();
+    if shape.len() != 1 {
+        bail!("labels must be 1-D [N], got shape {shape:?}");
+    }
+    if shape[0] != rows {
+        bail!("labels has {} entries but cls_score has {rows} rows", shape[0]);
+    }
+    check_device("labels", labels.device(), device)?;
+    Ok(if kind == Kind::Int64 {
+        labels.shallow_clone()
+    } else {
+        labels.to_kind(Kind::Int64)
+    })
+}
+
+/// Checks `label_weights` and returns them in `kind`, detached: weights are
+/// constants of the loss, as in the Python references (`label_weights.float()`).
+pub(crate) fn check_weights(weights: Option<&Tensor>, rows: i64, device: Device, kind: Kind) -> Result<Option<Tensor>> {
+    let Some(weights) = weights else { return Ok(None) };
+    let wkind = weights.kind();
+    if !is_score_kind(wkind) {
+        bail!("label_weights must be floating (f32, f64, f16 or bf16), got {wkind:?}");
+    }
+    let shape = weights.size();
+    if shape.len() != 1 || shape[0] != rows {
+        bail!("label_weights must have shape [{rows}] (one weight per cls_score row), got {shape:?}");
+    }
+    check_device("label_weights", weights.device(), device)?;
+    Ok(Some(weights.detach().to_kind(kind)))
+}
+
+/// `avg_factor` only makes sense with a mean, as in mmdetection's
+/// `weight_reduce_loss` (with `None` it is ignored).
+pub(crate) fn check_reduction(reduction: Reduction, avg_factor: Option<f64>) -> Result<()> {
+    if let (Reduction::Sum, Some(avg)) = (reduction, avg_factor) {
+        bail!("avg_factor ({avg}) cannot be used with Reduction::Sum; use Reduction::Mean");
+    }
+    Ok(())
+}
+
+pub(crate) fn check_device(what: &str, got: Device, expected: Device) -> Result<()> {
+    if got != expected {
+        bail!("{what} is on {got:?} but cls_score is on {expected:?}; all tensors of a call must be on one device");
+    }
+    Ok(())
+}
+
+/// What one device-to-host read says about the data of a call.
+pub(crate) struct DataReport {
+    /// Smallest and largest label, `None` when there are no rows.
+    pub label_range: Option<(i64, i64)>,
+    /// Whether any counter is NaN, infinite or negative.
+    pub bad_counts: bool,
+}
+
+/// Reads the label range and the health of the counts in a single transfer:
+/// the only host round trip of a call, forced by the promise that bad labels
+/// and corrupt checkpoints come back as errors rather than as device faults.
+pub(crate) fn inspect(labels: &Tensor, counts: &Tensor) -> Result<DataReport> {
+    let _guard = tch::no_grad_guard();
+    let mut parts = Vec::with_capacity(3);
+    let has_rows = labels.numel() > 0;
+    if has_rows {
+        parts.push(labels.min().view([1]));
+        parts.push(labels.max().view([1]));
+    }
+    let bad = if counts.is_floating_point() {
+        counts
+            .isnan()
+            .logical_or(&counts.isinf())
+            .logical_or(&counts.lt(0.0))
+            .any()
+    } else {
+        counts.lt(0).any()
+    };
+    parts.push(bad.to_kind(Kind::Int64).view([1]));
+    let host = Tensor::cat(&parts, 0).to_device(Device::Cpu);
+    let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
+    let label_range = has_rows.then(|| (values[0], values[1]));
+    Ok(DataReport {
+        label_range,
+        bad_counts: values[values.len() - 1] != 0,
+    })
+}
+
+/// Checks the label range against the head: `[0, C]` for detection (C is
+/// background), `[0, C)` for classification.
+pub(crate) fn check_label_range(config: &SeesawConfig, range: Option<(i64, i64)>) -> Result<()> {
+    let Some((lo, hi)) = range else { return Ok(()) };
+    let c = config.num_classes();
+    let (max_ok, allowed) = match config.head() {
+        Head::Detection => (c, format!("[0, {c}] ({c} = background)")),
+        Head::Classification => (c - 1, format!("[0, {c})")),
+    };
+    if lo < 0 {
+        bail!("labels must be in {allowed}, found negative label {lo}");
+    }
+    if hi > max_ok {
+        bail!("labels must be in {allowed}, found label {hi}");
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! [`SeesawLoss`]: the public type, its outputs, and the order of one call.
+
+use std::borrow::Borrow;
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::call::{Call, Parts};
+use crate::config::{Backend, Head, Reduction, SeesawConfig};
+use crate::counts::Counts;
+use crate::{fused, inputs, reference};
+
+/// The Seesaw loss with its cumulative class counts.
+///
+/// One [`forward`](SeesawLoss::forward) call, in order (DESIGN.md section 2):
+/// checks every input (an error changes nothing), adds the batch's labels to
+/// the counts, then computes the class loss over positive rows and, for the
+/// detection head, the objectness loss over all rows.
+///
+/// ```
+/// use seesaw_loss::{SeesawConfig, SeesawLoss};
+/// use tch::{nn, Device, Kind, Tensor};
+///
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let mut loss = SeesawLoss::new(vs.root() / "seesaw", SeesawConfig::detection(3))?;
+/// let scores = Tensor::randn([4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+/// let labels = Tensor::from_slice(&[0i64, 2, 3, 3]); // 3 = background
+/// let out = loss.forward(&scores, &labels, None, None)?;
+/// out.total().backward();
+/// assert_eq!(Vec::<i64>::try_from(loss.cum_samples())?, [1, 0, 1, 2]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub struct SeesawLoss {
+    config: SeesawConfig,
+    counts: Counts,
+}
+
+/// The loss of one call.
+#[derive(Debug)]
+pub struct SeesawOutput {
+    /// The Seesaw class loss: a scalar, or one entry per positive row for
+    /// [`Reduction::None`].
+    pub classes: Tensor,
+    /// The objectness loss (detection head only): a scalar, or one entry per
+    /// row for [`Reduction::None`].
+    pub objectness: Option<Tensor>,
+}
+
+impl SeesawOutput {
+    /// Both parts added, for `.backward()`. With [`Reduction::None`] the
+    /// entries of both parts are summed.
+    ///
+    /// ```
+    /// # use seesaw_loss::SeesawOutput;
+    /// # use tch::Tensor;
+    /// let out = SeesawOutput { classes: Tensor::from(1.5f32), objectness: Some(Tensor::from(0.5f32)) };
+    /// assert_eq!(out.total().double_value(&[]), 2.0);
+    /// ```
+    pub fn total(&self) -> Tensor {
+        let classes = self.classes.sum(self.classes.kind());
+        match &self.objectness {
+            Some(obj) => classes + obj.sum(obj.kind()),
+            None => classes,
+        }
+    }
+}
+
+/// Accuracies in percent, as mmdetection's `get_accuracy` reports them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeesawAccuracy {
+    /// Top-1 accuracy of the class logits over positive rows (all rows for
+    /// classification); 0 when there are none.
+    pub classes: f64,
+    /// Accuracy of the objectness pair over all rows (detection only).
+    pub objectness: Option<f64>,
+}
+
+impl SeesawLoss {
+    /// Creates the loss and registers its counts (`cum_samples`, int64, not
+    /// trainable) under `path`, so they are saved and loaded with the
+    /// `VarStore`. The counts live on the `VarStore`'s device, which must be
+    /// the device of the scores passed to [`forward`](SeesawLoss::forward).
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    /// let loss = SeesawLoss::new(vs.root() / "loss_cls", SeesawConfig::classification(10))?;
+    /// assert!(vs.variables().contains_key("loss_cls.cum_samples"));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn new<'a, P: Borrow<tch::nn::Path<'a>>>(path: P, config: SeesawConfig) -> Result<Self> {
+        config.validate()?;
+        let counts = Counts::new(path.borrow(), config.num_counters())?;
+        Ok(SeesawLoss { config, counts })
+    }
+
+    /// The configuration the loss was built with.
+    pub fn config(&self) -> &SeesawConfig {
+        &self.config
+    }
+
+    /// The loss with the configured reduction. See
+    /// [`forward_with_reduction`](SeesawLoss::forward_with_reduction).
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(4))?;
+    /// let scores = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
+    /// let out = loss.forward(&scores, &Tensor::from_slice(&[1i64, 3]), None, None)?;
+    /// // Uniform logits and the defaults: the compensation factor is 1 and the
+    /// // mitigation factor never exceeds 1, so the loss is at most ln 4.
+    /// assert!(out.classes.double_value(&[]) <= 4f64.ln() + 1e-6);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn forward(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+    ) -> Result<SeesawOutput> {
+        let reduction = self.config.reduction;
+        self.forward_with_reduction(cls_score, labels, label_weights, avg_factor, reduction)
+    }
+
+    /// The loss of one batch with an explicit reduction (mmdetection's
+    /// `reduction_override`).
+    ///
+    /// - `cls_score`: `[N, C+2]` (detection) or `[N, C]` (classification), f32,
+    ///   f64, f16 or bf16, any layout, on the counts' device. The loss comes
+    ///   back in f32 (f64 for f64 scores).
+    /// - `labels`: `[N]` int64 or int32, in `[0, C]` (detection, `C` =
+    ///   background) or `[0, C)`.
+    /// - `label_weights`: `[N]` floating, multiplies the per-row losses of both
+    ///   parts; treated as a constant.
+    /// - `avg_factor`: divides a [`Reduction::Mean`] sum instead of the row
+    ///   count (plus `f32::EPSILON`); an error with [`Reduction::Sum`].
+    ///
+    /// Checking the labels' range and the counts' health reads a few numbers
+    /// back to the host once per call; [`Reduction::None`] on the detection
+    /// head reads the number of positive rows, which sizes its output.
+    ///
+    /// ```
+    /// use seesaw_loss::{Reduction, SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(2))?;
+    /// let scores = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+    /// let labels = Tensor::from_slice(&[0i64, 2, 1]);
+    /// let out = loss.forward_with_reduction(&scores, &labels, None, None, Reduction::None)?;
+    /// assert_eq!(out.classes.size(), [2]); // rows 0 and 2 are positive
+    /// assert_eq!(out.objectness.unwrap().size(), [3]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn forward_with_reduction(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+        reduction: Reduction,
+    ) -> Result<SeesawOutput> {
+        let config = &self.config;
+        let rows = inputs::check_scores(config, cls_score)?;
+        let device = cls_score.device();
+        let labels = inputs::check_labels(labels, rows, device)?;
+        let compute_kind = inputs::compute_kind(cls_score.kind());
+        let weights = inputs::check_weights(label_weights, rows, device, compute_kind)?;
+        inputs::check_reduction(reduction, avg_factor)?;
+        self.counts.check_layout(device)?;
+        let use_fused = self.choose_backend(cls_score)?;
+        if use_fused && device != Device::Cpu {
+            fused::cuda::prepare(device)?;
+        }
+        let report = inputs::inspect(&labels, self.counts.raw())?;
+        inputs::check_label_range(config, report.label_range)?;
+        if report.bad_counts {
+            bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
+        }
+
+        // From here on the inputs are known good: the counts take the batch.
+        self.counts.normalize();
+        let on_cuda_fused = use_fused && device != Device::Cpu;
+        if on_cuda_fused {
+            fused::cuda::add_counts(self.counts.raw(), &labels)?;
+        } else {
+            self.counts.add(&labels);
+        }
+        let call = Call {
+            head: config.head(),
+            num_classes: config.num_classes(),
+            scores: cls_score.shallow_clone(),
+            log_counts: self.counts.log_counts(config.num_classes(), compute_kind),
+            labels,
+            weights,
+            compute_kind,
+            p: config.p,
+            q: config.q,
+            eps: config.eps,
+            loss_weight: config.loss_weight,
+            reduction,
+            avg_factor,
+        };
+        let parts = if use_fused {
+            fused::forward(&call)
+        } else {
+            Ok(reference::forward(&call))
+        };
+        match parts {
+            Ok(Parts { classes, objectness }) => Ok(SeesawOutput { classes, objectness }),
+            Err(e) => {
+                self.counts.remove(&call.labels);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this call takes the fused path.
+    fn choose_backend(&self, cls_score: &Tensor) -> Result<bool> {
+        match self.config.backend {
+            Backend::Reference => Ok(false),
+            Backend::Auto => Ok(fused::unsupported(cls_score).is_none()),
+            Backend::Fused => match fused::unsupported(cls_score) {
+                None => Ok(true),
+                Some(why) => bail!("Backend::Fused requested but {why}"),
+            },
+        }
+    }
+
+    /// The cumulative counts (a copy): `C + 1` entries for detection
+    /// (background last), `C` for classification.
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    /// let loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(80))?;
+    /// assert_eq!(loss.cum_samples().size(), [81]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn cum_samples(&self) -> Tensor {
+        self.counts.snapshot()
+    }
+
+    /// Width of `cls_score` this loss takes: `C + 2` or `C`.
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    /// assert_eq!(SeesawLoss::new(vs.root(), SeesawConfig::detection(80))?.cls_channels(), 82);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn cls_channels(&self) -> i64 {
+        self.config.cls_channels()
+    }
+
+    /// Inference scores. Detection: `[N, C+1]` = `[softmax(classes) *
+    /// p_fg, p_bg]` with `(p_fg, p_bg) = softmax(objectness)`, as
+    /// mmdetection's `get_activation`. Classification: `softmax(cls_score)`.
+    /// Computed in f32 (f64 for f64 scores).
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// use tch::{Device, Kind, Tensor};
+    /// let vs = tch::nn::VarStore::new(Device::Cpu);
+    /// let loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3))?;
+    /// let scores = loss.activation(&Tensor::randn([2, 5], (Kind::Float, Device::Cpu)))?;
+    /// assert_eq!(scores.size(), [2, 4]);
+    /// // Each row is a distribution over the C classes and background.
+    /// assert!((scores.sum_dim_intlist(1, false, Kind::Float) - 1.0).abs().max().double_value(&[]) < 1e-6);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn activation(&self, cls_score: &Tensor) -> Result<Tensor> {
+        inputs::check_scores(&self.config, cls_score)?;
+        let kind = inputs::compute_kind(cls_score.kind());
+        let x = cls_score.to_kind(kind);
+        let c = self.config.num_classes();
+        Ok(match self.config.head() {
+            Head::Classification => x.softmax(1, kind),
+            Head::Detection => {
+                let classes = x.narrow(1, 0, c).softmax(1, kind);
+                let objectness = x.narrow(1, c, 2).softmax(1, kind);
+                Tensor::cat(&[classes * objectness.narrow(1, 0, 1), objectness.narrow(1, 1, 1)], 1)
+            }
+        })
+    }
+
+    /// Top-1 accuracies in percent (mmdetection's `get_accuracy`): classes over
+    /// positive rows, objectness over all rows. Reads the results to the host.
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// use tch::Tensor;
+    /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    /// let loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3))?;
+    /// let scores = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 0.0, 0.0, 3.0]).view([2, 3]);
+    /// let acc = loss.accuracy(&scores, &Tensor::from_slice(&[0i64, 1]))?;
+    /// assert_eq!(acc.classes, 50.0);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn accuracy(&self, cls_score: &Tensor, labels: &Tensor) -> Result<SeesawAccuracy> {
+        let config = &self.config;
+        let rows = inputs::check_scores(config, cls_score)?;
+        let labels = inputs::check_labels(labels, rows, cls_score.device())?;
+        let range = if rows > 0 {
+            let lo = labels.min().int64_value(&[]);
+            let hi = labels.max().int64_value(&[]);
+            Some((lo, hi))
+        } else {
+            None
+        };
+        inputs::check_label_range(config, range)?;
+        let _guard = tch::no_grad_guard();
+        let c = config.num_classes();
+        Ok(match config.head() {
+            Head::Classification => SeesawAccuracy {
+                classes: top1_percent(cls_score, &labels),
+                objectness: None,
+            },
+            Head::Detection => {
+                let positive = labels.lt(c).nonzero().squeeze_dim(1);
+                let classes = top1_percent(
+                    &cls_score.narrow(1, 0, c).index_select(0, &positive),
+                    &labels.index_select(0, &positive),
+                );
+                let background = labels.eq(c).to_kind(Kind::Int64);
+                let objectness = top1_percent(&cls_score.narrow(1, c, 2), &background);
+                SeesawAccuracy {
+                    classes,
+                    objectness: Some(objectness),
+                }
+            }
+        })
+    }
+}
+
+/// Percentage of rows whose arg-max is the label; 0 for no rows.
+fn top1_percent(scores: &Tensor, labels: &Tensor) -> f64 {
+    let rows = scores.size()[0];
+    if rows == 0 {
+        return 0.0;
+    }
+    let correct = scores
+        .argmax(1, false)
+        .eq_tensor(labels)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    correct as f64 * 100.0 / rows as f64
+}
