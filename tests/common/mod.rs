@@ -1,0 +1,250 @@
+//! Test helpers: an independent float64 oracle of the Python references,
+//! written per element from their formulas (ratio matrix, `pow`, masks), and
+//! conversions between tensors and plain vectors.
+#![allow(dead_code)]
+
+use seesaw_loss::Reduction;
+use tch::{Device, Kind, Tensor};
+
+/// Hyper-parameters as the Python `seesaw_ce_loss` takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct Hyper {
+    pub p: f64,
+    pub q: f64,
+    pub eps: f64,
+}
+
+pub const DEFAULTS: Hyper = Hyper { p: 0.8, q: 2.0, eps: 1e-2 };
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// The Seesaw weight of every class for one row (mmdetection's
+/// `seesaw_weights[row]`): mitigation `(n_j / n_y)^p` where that ratio is
+/// below 1, compensation `(s_j / max(s_y, eps))^q` where that ratio is above 1.
+pub fn seesaw_weights(z: &[f64], y: usize, counts: &[f64], h: Hyper) -> Vec<f64> {
+    let s = softmax(z);
+    (0..z.len())
+        .map(|j| {
+            let mut w = 1.0;
+            if h.p > 0.0 {
+                let ratio = counts[j].max(1.0) / counts[y].max(1.0);
+                if ratio < 1.0 {
+                    w *= ratio.powf(h.p);
+                }
+            }
+            if h.q > 0.0 {
+                let ratio = s[j] / s[y].max(h.eps);
+                if ratio > 1.0 {
+                    w *= ratio.powf(h.q);
+                }
+            }
+            w
+        })
+        .collect()
+}
+
+/// Cross-entropy of `z + log(weights)` off the label, with the weights held
+/// fixed: the loss the gradient is taken of.
+pub fn row_loss_with_weights(z: &[f64], y: usize, weights: &[f64]) -> f64 {
+    let adjusted: Vec<f64> =
+        z.iter().enumerate().map(|(j, v)| if j == y { *v } else { v + weights[j].ln() }).collect();
+    let m = adjusted.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + adjusted.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    lse - adjusted[y]
+}
+
+/// One row of `seesaw_ce_loss`: loss and its gradient with the factors held
+/// constant (`softmax(z') - onehot`).
+pub fn seesaw_row(z: &[f64], y: usize, counts: &[f64], h: Hyper) -> (f64, Vec<f64>) {
+    let weights = seesaw_weights(z, y, counts, h);
+    let adjusted: Vec<f64> =
+        z.iter().enumerate().map(|(j, v)| if j == y { *v } else { v + weights[j].ln() }).collect();
+    let s = softmax(&adjusted);
+    let grad = s.iter().enumerate().map(|(j, v)| v - if j == y { 1.0 } else { 0.0 }).collect();
+    (row_loss_with_weights(z, y, &weights), grad)
+}
+
+/// Plain cross-entropy of one row and its gradient.
+pub fn ce_row(z: &[f64], y: usize) -> (f64, Vec<f64>) {
+    let s = softmax(z);
+    let grad = s.iter().enumerate().map(|(j, v)| v - if j == y { 1.0 } else { 0.0 }).collect();
+    (-s[y].ln(), grad)
+}
+
+/// The expected outputs of one call, from the oracle.
+pub struct Expected {
+    /// Reduced class loss (a scalar as a 1-vector) or one per positive row.
+    pub classes: Vec<f64>,
+    /// Reduced objectness loss, or one per row (detection only).
+    pub objectness: Option<Vec<f64>>,
+    /// Gradient of `classes.sum() + objectness.sum()` with respect to the scores.
+    pub grad: Vec<Vec<f64>>,
+}
+
+/// Options of one call.
+#[derive(Clone, Copy)]
+pub struct CallSpec<'a> {
+    pub detection: bool,
+    pub num_classes: usize,
+    pub hyper: Hyper,
+    pub weights: Option<&'a [f64]>,
+    pub reduction: Reduction,
+    pub avg_factor: Option<f64>,
+    pub loss_weight: f64,
+}
+
+impl<'a> CallSpec<'a> {
+    pub fn new(detection: bool, num_classes: usize) -> Self {
+        CallSpec {
+            detection,
+            num_classes,
+            hyper: DEFAULTS,
+            weights: None,
+            reduction: Reduction::Mean,
+            avg_factor: None,
+            loss_weight: 1.0,
+        }
+    }
+}
+
+fn reduce(rows: &[f64], spec: &CallSpec) -> (Vec<f64>, f64) {
+    // Returns the output and the scale d output_sum / d row.
+    match spec.reduction {
+        Reduction::None => (rows.iter().map(|r| r * spec.loss_weight).collect(), spec.loss_weight),
+        Reduction::Sum => (vec![rows.iter().sum::<f64>() * spec.loss_weight], spec.loss_weight),
+        Reduction::Mean => {
+            let div = match spec.avg_factor {
+                Some(a) => a + f32::EPSILON as f64,
+                None => rows.len().max(1) as f64,
+            };
+            (vec![rows.iter().sum::<f64>() / div * spec.loss_weight], spec.loss_weight / div)
+        }
+    }
+}
+
+/// mmdetection's `SeesawLoss.forward` (detection) or mmpretrain's
+/// (classification) for one call, given the counts after this batch.
+pub fn expected(scores: &[Vec<f64>], labels: &[i64], counts_after: &[f64], spec: &CallSpec) -> Expected {
+    let c = spec.num_classes;
+    let n = scores.len();
+    let width = if spec.detection { c + 2 } else { c };
+    let w = |r: usize| spec.weights.map_or(1.0, |w| w[r]);
+    let mut grad = vec![vec![0.0; width]; n];
+
+    let positive: Vec<usize> = (0..n).filter(|&r| (labels[r] as usize) < c).collect();
+    let mut class_rows = Vec::new();
+    let mut class_grads = Vec::new();
+    for &r in &positive {
+        let (loss, g) = seesaw_row(&scores[r][..c], labels[r] as usize, &counts_after[..c], spec.hyper);
+        class_rows.push(loss * w(r));
+        class_grads.push(g);
+    }
+    let (classes, class_scale) = reduce(&class_rows, spec);
+    for (k, &r) in positive.iter().enumerate() {
+        for j in 0..c {
+            grad[r][j] += class_grads[k][j] * w(r) * class_scale;
+        }
+    }
+    let objectness = spec.detection.then(|| {
+        let mut rows = Vec::new();
+        let mut grads = Vec::new();
+        for r in 0..n {
+            let target = usize::from(labels[r] as usize == c);
+            let (loss, g) = ce_row(&scores[r][c..c + 2], target);
+            rows.push(loss * w(r));
+            grads.push(g);
+        }
+        let (out, scale) = reduce(&rows, spec);
+        for r in 0..n {
+            for j in 0..2 {
+                grad[r][c + j] += grads[r][j] * w(r) * scale;
+            }
+        }
+        out
+    });
+    Expected { classes, objectness, grad }
+}
+
+/// Counts after adding `labels` to `before`.
+pub fn counts_after(before: &[f64], labels: &[i64]) -> Vec<f64> {
+    let mut c = before.to_vec();
+    for &l in labels {
+        c[l as usize] += 1.0;
+    }
+    c
+}
+
+pub fn to_rows(t: &Tensor) -> Vec<Vec<f64>> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
+    let cols = t.size()[1] as usize;
+    let flat = Vec::<f64>::try_from(t.flatten(0, -1)).unwrap();
+    if cols == 0 {
+        return vec![vec![]; t.size()[0] as usize];
+    }
+    flat.chunks(cols).map(|c| c.to_vec()).collect()
+}
+
+pub fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+pub fn to_i64(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Int64).flatten(0, -1)).unwrap()
+}
+
+/// Largest absolute difference, with NaN only allowed where both have NaN.
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                assert!(x.is_nan() && y.is_nan(), "NaN in one only: {x} vs {y}");
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    let d = max_abs_diff(got, want);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}\n got {got:?}\nwant {want:?}");
+}
+
+/// ||a - b|| / ||b|| over the finite entries (NaN positions must agree).
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = to_vec(a);
+    let b = to_vec(b);
+    max_abs_diff(&a, &b); // checks NaN placement
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, y) in a.iter().zip(&b) {
+        if x.is_finite() && y.is_finite() {
+            num += (x - y) * (x - y);
+            den += y * y;
+        }
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Random scores `[n, width]` (float64) with a fixed seed.
+pub fn random_scores(n: i64, width: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn([n, width], (Kind::Double, Device::Cpu)) * 2.0
+}
+
+/// Random labels in `[0, high)`.
+pub fn random_labels(n: i64, high: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randint(high, [n], (Kind::Int64, Device::Cpu))
+}
