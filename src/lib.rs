@@ -50,3 +50,8 @@ pub use config::{Backend, Head, Reduction, SeesawConfig};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
 pub use loss::{SeesawAccuracy, SeesawLoss, SeesawOutput};
+
+/// The README's Rust example compiles and runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

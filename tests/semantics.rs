@@ -29,9 +29,20 @@ fn hand_worked_mitigation_uses_count_ratio_to_the_power_p() {
     for backend in BACKENDS {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut loss = loss_with_counts(&vs, SeesawConfig::classification(2).backend(backend), &[0, 3]);
-        let out = loss.forward(&Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)), &Tensor::from_slice(&[1i64]), None, None).unwrap();
+        let out = loss
+            .forward(
+                &Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
+                &Tensor::from_slice(&[1i64]),
+                None,
+                None,
+            )
+            .unwrap();
         let want = (1.0 + 4f64.powf(-0.8)).ln();
-        assert!((scalar(&out.classes) - want).abs() < 1e-6, "{backend:?}: {} vs {want}", scalar(&out.classes));
+        assert!(
+            (scalar(&out.classes) - want).abs() < 1e-6,
+            "{backend:?}: {} vs {want}",
+            scalar(&out.classes)
+        );
     }
 }
 
@@ -63,7 +74,12 @@ fn hand_worked_detection_row_splits_classes_and_objectness() {
             .unwrap();
         assert_close(&to_vec(&out.classes), &[2f64.ln()], 1e-6, "classes");
         let obj1 = (1f64 + 2f64.exp()).ln() - 2.0;
-        assert_close(&to_vec(out.objectness.as_ref().unwrap()), &[2f64.ln(), obj1], 1e-6, "objectness");
+        assert_close(
+            &to_vec(out.objectness.as_ref().unwrap()),
+            &[2f64.ln(), obj1],
+            1e-6,
+            "objectness",
+        );
         assert_eq!(to_i64(&loss.cum_samples()), [1, 0, 1]);
     }
 }
@@ -75,9 +91,18 @@ fn check_against_oracle(detection: bool, c: usize, spec_of: impl Fn(&mut CallSpe
     let width = if detection { c + 2 } else { c } as i64;
     let high = if detection { c as i64 + 1 } else { c as i64 };
     let mut spec = CallSpec::new(detection, c);
-    let base = if detection { SeesawConfig::detection(c as i64) } else { SeesawConfig::classification(c as i64) };
+    let base = if detection {
+        SeesawConfig::detection(c as i64)
+    } else {
+        SeesawConfig::classification(c as i64)
+    };
     spec_of(&mut spec, 0);
-    let config = base.p(spec.hyper.p).q(spec.hyper.q).eps(spec.hyper.eps).loss_weight(spec.loss_weight).backend(backend);
+    let config = base
+        .p(spec.hyper.p)
+        .q(spec.hyper.q)
+        .eps(spec.hyper.eps)
+        .loss_weight(spec.loss_weight)
+        .backend(backend);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
     let mut counts = vec![0.0; if detection { c + 1 } else { c }];
@@ -85,7 +110,10 @@ fn check_against_oracle(detection: bool, c: usize, spec_of: impl Fn(&mut CallSpe
         let mut spec = CallSpec::new(detection, c);
         spec_of(&mut spec, step);
         // Skewed labels so counts differ a lot between classes.
-        let labels = (random_labels(n, high, 100 + step).to_kind(Kind::Double).pow_tensor_scalar(2.0) / high as f64)
+        let labels = (random_labels(n, high, 100 + step)
+            .to_kind(Kind::Double)
+            .pow_tensor_scalar(2.0)
+            / high as f64)
             .floor()
             .to_kind(Kind::Int64)
             .clamp_max(high - 1);
@@ -101,9 +129,18 @@ fn check_against_oracle(detection: bool, c: usize, spec_of: impl Fn(&mut CallSpe
         // The oracle sees the f32-rounded scores the crate sees.
         let want = expected(&to_rows(&scores), &labels_v, &counts, &spec);
         let out = loss
-            .forward_with_reduction(&scores, &labels, spec.weights.map(|_| &weights_t), spec.avg_factor, spec.reduction)
+            .forward_with_reduction(
+                &scores,
+                &labels,
+                spec.weights.map(|_| &weights_t),
+                spec.avg_factor,
+                spec.reduction,
+            )
             .unwrap();
-        let what = format!("{backend:?} detection={detection} C={c} step={step} {:?}", spec.reduction);
+        let what = format!(
+            "{backend:?} detection={detection} C={c} step={step} {:?}",
+            spec.reduction
+        );
         assert_close(&to_vec(&out.classes), &want.classes, 1e-4, &format!("{what} classes"));
         match (&out.objectness, &want.objectness) {
             (Some(got), Some(w)) => assert_close(&to_vec(got), w, 1e-4, &format!("{what} objectness")),
@@ -184,7 +221,10 @@ fn counts_include_the_current_batch() {
     let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(2).q(0.0)).unwrap();
     let out = loss.forward(&scores, &Tensor::from_slice(&labels), None, None).unwrap();
     let rows = vec![vec![0.0, 0.0]; 4];
-    let spec = CallSpec { hyper: Hyper { q: 0.0, ..DEFAULTS }, ..CallSpec::new(false, 2) };
+    let spec = CallSpec {
+        hyper: Hyper { q: 0.0, ..DEFAULTS },
+        ..CallSpec::new(false, 2)
+    };
     let with_batch = expected(&rows, &labels, &[3.0, 1.0], &spec).classes[0];
     let without = expected(&rows, &labels, &[0.0, 0.0], &spec).classes[0];
     assert!((with_batch - without).abs() > 0.05);
@@ -214,7 +254,10 @@ fn gradient_matches_float64_finite_differences() {
     };
     let x = scores.copy().set_requires_grad(true);
     let (_vs, mut loss) = make();
-    loss.forward(&x, &labels, Some(&weights), None).unwrap().total().backward();
+    loss.forward(&x, &labels, Some(&weights), None)
+        .unwrap()
+        .total()
+        .backward();
     let grad = to_rows(&x.grad());
     let base = to_rows(&scores);
     let h = 1e-6;
@@ -226,7 +269,11 @@ fn gradient_matches_float64_finite_differences() {
             minus[r][j] -= h;
             let to_t = |rows: &Vec<Vec<f64>>| Tensor::from_slice(&rows.concat()).view([n, c + 2]);
             let fd = (eval(&to_t(&plus)) - eval(&to_t(&minus))) / (2.0 * h);
-            assert!((fd - grad[r][j]).abs() < 1e-7, "row {r} col {j}: fd {fd} vs grad {}", grad[r][j]);
+            assert!(
+                (fd - grad[r][j]).abs() < 1e-7,
+                "row {r} col {j}: fd {fd} vs grad {}",
+                grad[r][j]
+            );
         }
     }
 }
@@ -263,14 +310,21 @@ fn factors_are_detached_so_the_gradient_is_not_the_full_derivative() {
         let mut loss = loss_with_counts(&vs, SeesawConfig::classification(3).backend(backend), &[0, 0, 0]);
         let x = Tensor::from_slice(&z).view([1, 3]).set_requires_grad(true);
         let x32 = x.to_kind(Kind::Float);
-        loss.forward(&x32, &Tensor::from_slice(&[1i64]), None, None).unwrap().total().backward();
+        loss.forward(&x32, &Tensor::from_slice(&[1i64]), None, None)
+            .unwrap()
+            .total()
+            .backward();
         let grad = to_vec(&x.grad());
         let (_, held) = seesaw_row(&z, 1, &[1.0, 1.0, 1.0], DEFAULTS);
         assert_close(&grad, &held, 1e-6, "gradient with factors held");
         let full = |zz: [f64; 3]| seesaw_row(&zz, 1, &[1.0, 1.0, 1.0], DEFAULTS).0;
         let h = 1e-6;
         let fd0 = (full([z[0] + h, z[1], z[2]]) - full([z[0] - h, z[1], z[2]])) / (2.0 * h);
-        assert!((fd0 - grad[0]).abs() > 0.1, "the factor's own derivative must not flow: {fd0} vs {}", grad[0]);
+        assert!(
+            (fd0 - grad[0]).abs() > 0.1,
+            "the factor's own derivative must not flow: {fd0} vs {}",
+            grad[0]
+        );
         let _ = counts;
     }
 }
@@ -290,7 +344,11 @@ fn no_positive_rows_give_zero_class_loss_and_zero_gradient() {
                 assert_eq!(scalar(&out.classes), 0.0);
             }
             out.classes.sum(Kind::Float).backward();
-            assert_eq!(scalar(&x.grad().abs().sum(Kind::Float)), 0.0, "{backend:?} {reduction:?}");
+            assert_eq!(
+                scalar(&x.grad().abs().sum(Kind::Float)),
+                0.0,
+                "{backend:?} {reduction:?}"
+            );
         }
     }
 }
@@ -300,13 +358,19 @@ fn reduction_none_returns_one_class_loss_per_positive_row_in_row_order() {
     let labels = [3i64, 0, 3, 2, 1, 3];
     let scores = random_scores(6, 5, 9).to_kind(Kind::Float);
     let counts = counts_after(&[0.0; 4], &labels);
-    let spec = CallSpec { reduction: Reduction::None, ..CallSpec::new(true, 3) };
+    let spec = CallSpec {
+        reduction: Reduction::None,
+        ..CallSpec::new(true, 3)
+    };
     let want = expected(&to_rows(&scores), &labels, &counts, &spec);
     assert_eq!(want.classes.len(), 3);
     for backend in BACKENDS {
         let vs = nn::VarStore::new(Device::Cpu);
-        let mut loss =
-            SeesawLoss::new(vs.root(), SeesawConfig::detection(3).reduction(Reduction::None).backend(backend)).unwrap();
+        let mut loss = SeesawLoss::new(
+            vs.root(),
+            SeesawConfig::detection(3).reduction(Reduction::None).backend(backend),
+        )
+        .unwrap();
         let out = loss.forward(&scores, &Tensor::from_slice(&labels), None, None).unwrap();
         assert_close(&to_vec(&out.classes), &want.classes, 1e-5, "per positive row");
         assert_eq!(out.objectness.unwrap().size(), [6]);
@@ -326,7 +390,9 @@ fn empty_batch_gives_zero_losses_and_leaves_counts() {
                 assert_eq!(scalar(&out.total()), 0.0);
                 out.total().backward();
             }
-            let out = loss.forward_with_reduction(&x, &labels, None, None, Reduction::None).unwrap();
+            let out = loss
+                .forward_with_reduction(&x, &labels, None, None, Reduction::None)
+                .unwrap();
             assert_eq!(out.classes.size(), [0]);
             assert_eq!(scalar(&loss.cum_samples().sum(Kind::Int64)), 0.0);
         }
@@ -335,10 +401,22 @@ fn empty_batch_gives_zero_losses_and_leaves_counts() {
 
 #[test]
 fn loss_comes_back_in_f32_for_half_kinds_and_f64_for_f64() {
-    for (kind, want) in [(Kind::Float, Kind::Float), (Kind::Half, Kind::Float), (Kind::BFloat16, Kind::Float), (Kind::Double, Kind::Double)] {
+    for (kind, want) in [
+        (Kind::Float, Kind::Float),
+        (Kind::Half, Kind::Float),
+        (Kind::BFloat16, Kind::Float),
+        (Kind::Double, Kind::Double),
+    ] {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3)).unwrap();
-        let out = loss.forward(&Tensor::zeros([2, 5], (kind, Device::Cpu)), &Tensor::from_slice(&[0i64, 3]), None, None).unwrap();
+        let out = loss
+            .forward(
+                &Tensor::zeros([2, 5], (kind, Device::Cpu)),
+                &Tensor::from_slice(&[0i64, 3]),
+                None,
+                None,
+            )
+            .unwrap();
         assert_eq!(out.classes.kind(), want);
         assert_eq!(out.objectness.unwrap().kind(), want);
     }
@@ -349,10 +427,14 @@ fn int32_labels_are_accepted() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3)).unwrap();
     let x = random_scores(4, 3, 2).to_kind(Kind::Float);
-    let a = loss.forward(&x, &Tensor::from_slice(&[0i32, 1, 2, 2]), None, None).unwrap();
+    let a = loss
+        .forward(&x, &Tensor::from_slice(&[0i32, 1, 2, 2]), None, None)
+        .unwrap();
     let vs2 = nn::VarStore::new(Device::Cpu);
     let mut loss2 = SeesawLoss::new(vs2.root(), SeesawConfig::classification(3)).unwrap();
-    let b = loss2.forward(&x, &Tensor::from_slice(&[0i64, 1, 2, 2]), None, None).unwrap();
+    let b = loss2
+        .forward(&x, &Tensor::from_slice(&[0i64, 1, 2, 2]), None, None)
+        .unwrap();
     assert_eq!(scalar(&a.classes), scalar(&b.classes));
 }
 
@@ -363,9 +445,30 @@ fn functional_form_matches_the_oracle_and_leaves_counts_alone() {
     let scores = random_scores(5, 3, 5).to_kind(Kind::Float);
     let weights_v = [1.0, 0.5, 2.0, 1.0, 0.1];
     let weights = Tensor::from_slice(&weights_v).to_kind(Kind::Float);
-    for (reduction, avg) in [(Reduction::Mean, None), (Reduction::Mean, Some(3.0)), (Reduction::Sum, None), (Reduction::None, None)] {
-        let got = seesaw_loss::seesaw_ce_loss(&scores, &Tensor::from_slice(&labels), Some(&weights), &counts, 0.8, 2.0, 1e-2, reduction, avg).unwrap();
-        let spec = CallSpec { reduction, avg_factor: avg, weights: Some(&weights_v), ..CallSpec::new(false, 3) };
+    for (reduction, avg) in [
+        (Reduction::Mean, None),
+        (Reduction::Mean, Some(3.0)),
+        (Reduction::Sum, None),
+        (Reduction::None, None),
+    ] {
+        let got = seesaw_loss::seesaw_ce_loss(
+            &scores,
+            &Tensor::from_slice(&labels),
+            Some(&weights),
+            &counts,
+            0.8,
+            2.0,
+            1e-2,
+            reduction,
+            avg,
+        )
+        .unwrap();
+        let spec = CallSpec {
+            reduction,
+            avg_factor: avg,
+            weights: Some(&weights_v),
+            ..CallSpec::new(false, 3)
+        };
         let want = expected(&to_rows(&scores), &labels, &[40.0, 2.0, 9.0], &spec);
         assert_close(&to_vec(&got), &want.classes, 1e-5, "functional");
     }
@@ -386,7 +489,12 @@ fn activation_matches_mmdetection_get_activation() {
     assert_close(&got, &want, 1e-6, "activation");
     let cls = SeesawLoss::new(vs.root() / "c", SeesawConfig::classification(4)).unwrap();
     let x = random_scores(3, 4, 1).to_kind(Kind::Float);
-    assert_close(&to_vec(&cls.activation(&x).unwrap()), &to_vec(&x.softmax(1, Kind::Float)), 1e-7, "softmax");
+    assert_close(
+        &to_vec(&cls.activation(&x).unwrap()),
+        &to_vec(&x.softmax(1, Kind::Float)),
+        1e-7,
+        "softmax",
+    );
 }
 
 #[test]
@@ -407,4 +515,60 @@ fn accuracy_reports_percent_over_positive_rows_and_all_rows() {
     assert_eq!(acc.objectness, Some(75.0));
     let none = loss.accuracy(&scores, &Tensor::from_slice(&[2i64, 2, 2, 2])).unwrap();
     assert_eq!(none.classes, 0.0);
+}
+
+#[test]
+fn half_kinds_and_strided_scores_agree_with_f32_on_every_backend() {
+    // The same values (rounded to bf16 so that every kind holds them exactly)
+    // in f16, bf16, and as a strided view give the f32 result.
+    let base = (random_scores(32, 9, 21) * 0.5)
+        .to_kind(Kind::BFloat16)
+        .to_kind(Kind::Float);
+    let labels = random_labels(32, 8, 22);
+    for backend in BACKENDS {
+        let run = |x: &Tensor| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(7).backend(backend)).unwrap();
+            let leaf = x.detach().set_requires_grad(true);
+            let out = loss
+                .forward_with_reduction(&leaf, &labels, None, None, Reduction::None)
+                .unwrap();
+            out.total().backward();
+            (
+                to_vec(&out.classes),
+                to_vec(out.objectness.as_ref().unwrap()),
+                to_vec(&leaf.grad()),
+            )
+        };
+        let want = run(&base);
+        for kind in [Kind::Half, Kind::BFloat16] {
+            let got = run(&base.to_kind(kind));
+            assert_close(&got.0, &want.0, 1e-5, &format!("{backend:?} {kind:?} classes"));
+            assert_close(&got.1, &want.1, 1e-5, &format!("{backend:?} {kind:?} objectness"));
+            // The gradient is returned in the scores' kind, so each entry is
+            // the f32 gradient rounded to that kind: within two half-ulps
+            // (relative 2^-10 for f16's 11 significant bits, 2^-8 for bf16's 8).
+            let rel = if kind == Kind::Half {
+                2f64.powi(-10)
+            } else {
+                2f64.powi(-8)
+            };
+            for (g, w) in got.2.iter().zip(&want.2) {
+                assert!(
+                    (g - w).abs() <= rel * w.abs() + 1e-7,
+                    "{backend:?} {kind:?} gradient {g} vs {w}"
+                );
+            }
+        }
+        let wide = Tensor::zeros([32, 18], (Kind::Float, Device::Cpu));
+        let _ = wide.slice(1, 0, 18, 2).copy_(&base);
+        let strided = wide.slice(1, 0, 18, 2);
+        assert!(!strided.is_contiguous());
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(7).backend(backend)).unwrap();
+        let out = loss
+            .forward_with_reduction(&strided, &labels, None, None, Reduction::None)
+            .unwrap();
+        assert_close(&to_vec(&out.classes), &want.0, 1e-6, &format!("{backend:?} strided"));
+    }
 }

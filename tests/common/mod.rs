@@ -14,7 +14,11 @@ pub struct Hyper {
     pub eps: f64,
 }
 
-pub const DEFAULTS: Hyper = Hyper { p: 0.8, q: 2.0, eps: 1e-2 };
+pub const DEFAULTS: Hyper = Hyper {
+    p: 0.8,
+    q: 2.0,
+    eps: 1e-2,
+};
 
 fn softmax(z: &[f64]) -> Vec<f64> {
     let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -51,8 +55,11 @@ pub fn seesaw_weights(z: &[f64], y: usize, counts: &[f64], h: Hyper) -> Vec<f64>
 /// Cross-entropy of `z + log(weights)` off the label, with the weights held
 /// fixed: the loss the gradient is taken of.
 pub fn row_loss_with_weights(z: &[f64], y: usize, weights: &[f64]) -> f64 {
-    let adjusted: Vec<f64> =
-        z.iter().enumerate().map(|(j, v)| if j == y { *v } else { v + weights[j].ln() }).collect();
+    let adjusted: Vec<f64> = z
+        .iter()
+        .enumerate()
+        .map(|(j, v)| if j == y { *v } else { v + weights[j].ln() })
+        .collect();
     let m = adjusted.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let lse = m + adjusted.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
     lse - adjusted[y]
@@ -62,17 +69,28 @@ pub fn row_loss_with_weights(z: &[f64], y: usize, weights: &[f64]) -> f64 {
 /// constant (`softmax(z') - onehot`).
 pub fn seesaw_row(z: &[f64], y: usize, counts: &[f64], h: Hyper) -> (f64, Vec<f64>) {
     let weights = seesaw_weights(z, y, counts, h);
-    let adjusted: Vec<f64> =
-        z.iter().enumerate().map(|(j, v)| if j == y { *v } else { v + weights[j].ln() }).collect();
+    let adjusted: Vec<f64> = z
+        .iter()
+        .enumerate()
+        .map(|(j, v)| if j == y { *v } else { v + weights[j].ln() })
+        .collect();
     let s = softmax(&adjusted);
-    let grad = s.iter().enumerate().map(|(j, v)| v - if j == y { 1.0 } else { 0.0 }).collect();
+    let grad = s
+        .iter()
+        .enumerate()
+        .map(|(j, v)| v - if j == y { 1.0 } else { 0.0 })
+        .collect();
     (row_loss_with_weights(z, y, &weights), grad)
 }
 
 /// Plain cross-entropy of one row and its gradient.
 pub fn ce_row(z: &[f64], y: usize) -> (f64, Vec<f64>) {
     let s = softmax(z);
-    let grad = s.iter().enumerate().map(|(j, v)| v - if j == y { 1.0 } else { 0.0 }).collect();
+    let grad = s
+        .iter()
+        .enumerate()
+        .map(|(j, v)| v - if j == y { 1.0 } else { 0.0 })
+        .collect();
     (-s[y].ln(), grad)
 }
 
@@ -122,7 +140,10 @@ fn reduce(rows: &[f64], spec: &CallSpec) -> (Vec<f64>, f64) {
                 Some(a) => a + f32::EPSILON as f64,
                 None => rows.len().max(1) as f64,
             };
-            (vec![rows.iter().sum::<f64>() / div * spec.loss_weight], spec.loss_weight / div)
+            (
+                vec![rows.iter().sum::<f64>() / div * spec.loss_weight],
+                spec.loss_weight / div,
+            )
         }
     }
 }
@@ -167,7 +188,11 @@ pub fn expected(scores: &[Vec<f64>], labels: &[i64], counts_after: &[f64], spec:
         }
         out
     });
-    Expected { classes, objectness, grad }
+    Expected {
+        classes,
+        objectness,
+        grad,
+    }
 }
 
 /// Counts after adding `labels` to `before`.
@@ -215,7 +240,10 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 pub fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     let d = max_abs_diff(got, want);
-    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}\n got {got:?}\nwant {want:?}");
+    assert!(
+        d <= tol,
+        "{what}: max abs diff {d:e} > {tol:e}\n got {got:?}\nwant {want:?}"
+    );
 }
 
 /// ||a - b|| / ||b|| over the finite entries (NaN positions must agree).
@@ -247,4 +275,175 @@ pub fn random_scores(n: i64, width: i64, seed: i64) -> Tensor {
 pub fn random_labels(n: i64, high: i64, seed: i64) -> Tensor {
     tch::manual_seed(seed);
     Tensor::randint(high, [n], (Kind::Int64, Device::Cpu))
+}
+
+/// Tolerance of ||fused - reference|| / ||reference|| by scores kind: the one
+/// table the fused-path tests use.
+pub fn tolerance(kind: Kind) -> f64 {
+    match kind {
+        Kind::Float => 1e-5,
+        Kind::Half | Kind::BFloat16 => 1e-2,
+        other => panic!("no tolerance for {other:?}"),
+    }
+}
+
+/// One case of the fused-versus-reference sweep.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepCase {
+    pub detection: bool,
+    pub c: i64,
+    pub n: i64,
+    pub kind: Kind,
+    pub reduction: Reduction,
+    pub weighted: bool,
+    pub avg_factor: Option<f64>,
+    pub p: f64,
+    pub q: f64,
+    /// Scores are a strided view (every other column of a wider tensor).
+    pub strided: bool,
+    /// Scale of the logits (1e4 for extreme values).
+    pub scale: f64,
+    /// Put NaN in the first row.
+    pub nan_row: bool,
+}
+
+impl SweepCase {
+    pub fn new(detection: bool, c: i64, n: i64, kind: Kind) -> Self {
+        SweepCase {
+            detection,
+            c,
+            n,
+            kind,
+            reduction: Reduction::Mean,
+            weighted: false,
+            avg_factor: None,
+            p: 0.8,
+            q: 2.0,
+            strided: false,
+            scale: 2.0,
+            nan_row: false,
+        }
+    }
+}
+
+/// Runs the case with backend `a.0` on device `a.1` and with `b` (the side
+/// held to be right), two steps each so that counts matter, and returns
+/// (worst relative error of the outputs, of the gradients).
+pub fn sweep_case(
+    case: SweepCase,
+    a: (seesaw_loss::Backend, Device),
+    b: (seesaw_loss::Backend, Device),
+    seed: i64,
+) -> (f64, f64) {
+    use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
+    let width = if case.detection { case.c + 2 } else { case.c };
+    let high = if case.detection { case.c + 1 } else { case.c };
+    let config = |backend| {
+        let base = if case.detection {
+            SeesawConfig::detection(case.c)
+        } else {
+            SeesawConfig::classification(case.c)
+        };
+        base.p(case.p).q(case.q).loss_weight(0.9).backend(backend)
+    };
+    let run = |backend: Backend, dev: Device| -> Vec<(Vec<Tensor>, Tensor)> {
+        let vs = tch::nn::VarStore::new(dev);
+        let mut loss = SeesawLoss::new(vs.root(), config(backend)).unwrap();
+        (0..2)
+            .map(|step| {
+                tch::manual_seed(seed * 10 + step);
+                let base = Tensor::randn(
+                    [case.n, if case.strided { 2 * width } else { width }],
+                    (Kind::Float, Device::Cpu),
+                ) * case.scale;
+                if case.nan_row && case.n > 0 {
+                    let _ = base.get(0).fill_(f64::NAN);
+                }
+                let labels = Tensor::randint(high, [case.n], (Kind::Int64, Device::Cpu)).to_device(dev);
+                let weights = (Tensor::rand([case.n], (Kind::Float, Device::Cpu)) + 0.5).to_device(dev);
+                let leaf = base.to_kind(case.kind).to_device(dev).detach().set_requires_grad(true);
+                let scores = if case.strided {
+                    leaf.slice(1, 0, 2 * width, 2)
+                } else {
+                    leaf.shallow_clone()
+                };
+                let out = loss
+                    .forward_with_reduction(
+                        &scores,
+                        &labels,
+                        case.weighted.then_some(&weights),
+                        case.avg_factor,
+                        case.reduction,
+                    )
+                    .unwrap();
+                out.total().backward();
+                let mut outs = vec![out.classes.to_kind(Kind::Double).to_device(Device::Cpu)];
+                if let Some(o) = &out.objectness {
+                    outs.push(o.to_kind(Kind::Double).to_device(Device::Cpu));
+                }
+                (outs, leaf.grad().to_kind(Kind::Double).to_device(Device::Cpu))
+            })
+            .collect()
+    };
+    let fused = run(a.0, a.1);
+    let reference = run(b.0, b.1);
+    let (mut out_err, mut grad_err) = (0f64, 0f64);
+    for ((fo, fg), (ro, rg)) in fused.iter().zip(&reference) {
+        for (a, b) in fo.iter().zip(ro) {
+            assert_eq!(a.size(), b.size(), "{case:?}: output shapes differ");
+            out_err = out_err.max(rel_err(a, b));
+        }
+        grad_err = grad_err.max(rel_err(fg, rg));
+    }
+    (out_err, grad_err)
+}
+
+/// The sweep of the fused-path issue: shapes, kinds, options. `max_elems`
+/// bounds N x C to keep a case's memory and time in reach.
+pub fn sweep_cases(max_elems: i64) -> Vec<SweepCase> {
+    let mut cases = Vec::new();
+    for &c in &[2i64, 3, 31, 80, 1000, 1205, 4096, 100_000] {
+        for &n in &[0i64, 1, 7, 512, 8192] {
+            if n * c > max_elems {
+                continue;
+            }
+            for &kind in &[Kind::Float, Kind::Half, Kind::BFloat16] {
+                for &detection in &[true, false] {
+                    cases.push(SweepCase::new(detection, c, n, kind));
+                }
+            }
+        }
+    }
+    // Options on a mid-sized shape, both heads.
+    for &detection in &[true, false] {
+        let base = SweepCase::new(detection, 80, 512, Kind::Float);
+        for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+            cases.push(SweepCase {
+                reduction,
+                weighted: true,
+                ..base
+            });
+        }
+        cases.push(SweepCase {
+            weighted: true,
+            avg_factor: Some(123.0),
+            ..base
+        });
+        cases.push(SweepCase { p: 0.0, ..base });
+        cases.push(SweepCase { q: 0.0, ..base });
+        cases.push(SweepCase { p: 0.0, q: 0.0, ..base });
+        cases.push(SweepCase { strided: true, ..base });
+        cases.push(SweepCase {
+            strided: true,
+            kind: Kind::BFloat16,
+            ..base
+        });
+        cases.push(SweepCase { scale: 1e4, ..base });
+        cases.push(SweepCase {
+            nan_row: true,
+            reduction: Reduction::None,
+            ..base
+        });
+    }
+    cases
 }

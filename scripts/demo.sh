@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the long-tail demo (examples/long_tail.rs): on CPU by default, on the
+# GPU with `--device cuda`. Installs libtorch first when none is configured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/libtorch-env.sh
+seesaw_libtorch_env
+cargo run --release --example long_tail -- "$@"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the GPU test and benchmark binaries here (no GPU needed) into
+# gpu-pack/, stripped, with gpu-pack/run.sh to run them on a GPU machine that
+# has PyTorch 2.11.0 but no Rust toolchain. With the device tool:
+#   scripts/gpu-pack.sh            # here
+#   run: bash gpu-pack/run.sh      # there, carry ["gpu-pack"]
+# Results land in $OUT (or gpu-pack/out when $OUT is unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/libtorch-env.sh
+seesaw_libtorch_env
+rm -rf gpu-pack && mkdir -p gpu-pack
+# Test binaries: the GPU tests and the NVRTC check.
+cargo test --release --no-run --test gpu --test kernel_source --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], "gpu-pack/" + m["target"]["name"])
+'
+for f in gpu-pack/*; do strip --strip-debug "$f"; done
+cat > gpu-pack/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs the packed binaries on a GPU machine with PyTorch 2.11.0 in
+# $TORCH_VENV (default /opt/torch/.venv).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${TORCH_VENV:-/opt/torch/.venv}"
+site="$(echo "$venv"/lib/python3*/site-packages)"
+export LD_LIBRARY_PATH="$site/torch/lib:$site/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+export SEESAW_REQUIRE_CUDA=1
+out="${OUT:-$here/out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
+status=0
+for t in kernel_source gpu; do
+    echo "== $t" | tee -a "$out/tests.txt"
+    "$here/$t" --test-threads=1 2>&1 | tee -a "$out/tests.txt" || status=1
+done
+for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool" | tee -a "$out/sanitizer.txt"
+    compute-sanitizer --tool "$tool" --print-limit 20 "$here/gpu" --test-threads=1 \
+        counts_update kernel_handles out_of_range backward_on 2>&1 | tail -20 | tee -a "$out/sanitizer.txt" || status=1
+done
+exit $status
+RUN
+chmod +x gpu-pack/run.sh
+du -sh gpu-pack; ls -la gpu-pack

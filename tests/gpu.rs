@@ -1,0 +1,140 @@
+//! The CUDA kernel against the reference path on the GPU and against the CPU
+//! mirror. Runs whenever libtorch sees CUDA; `SEESAW_REQUIRE_CUDA=1` turns a
+//! missing GPU into a failure so that a GPU run cannot pass by skipping.
+//! Outputs are poisoned with NaN before each launch (`SEESAW_POISON_OUTPUTS`).
+
+mod common;
+
+use common::*;
+use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
+use tch::{nn, Device, Kind, Tensor};
+
+fn cuda() -> Option<Device> {
+    std::env::set_var("SEESAW_POISON_OUTPUTS", "1");
+    if tch::Cuda::is_available() {
+        return Some(Device::Cuda(0));
+    }
+    if std::env::var("SEESAW_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        panic!("SEESAW_REQUIRE_CUDA=1 but libtorch sees no CUDA device");
+    }
+    eprintln!("skipped: no CUDA device");
+    None
+}
+
+#[test]
+fn kernel_matches_the_reference_on_the_gpu_over_the_sweep() {
+    let Some(dev) = cuda() else { return };
+    let cases = sweep_cases(200_000_000);
+    let mut worst = (0f64, 0f64);
+    for (i, case) in cases.iter().enumerate() {
+        let (out, grad) = sweep_case(*case, (Backend::Fused, dev), (Backend::Reference, dev), i as i64);
+        let tol = tolerance(case.kind);
+        assert!(
+            out <= tol && grad <= tol,
+            "{case:?}: output {out:e}, gradient {grad:e}, tolerance {tol:e}"
+        );
+        worst = (worst.0.max(out), worst.1.max(grad));
+    }
+    println!(
+        "GPU sweep: {} cases, worst relative error outputs {:e}, gradients {:e}",
+        cases.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn kernel_matches_the_cpu_mirror() {
+    let Some(dev) = cuda() else { return };
+    for (i, case) in sweep_cases(20_000_000).iter().enumerate() {
+        let (out, grad) = sweep_case(
+            *case,
+            (Backend::Fused, dev),
+            (Backend::Fused, Device::Cpu),
+            7000 + i as i64,
+        );
+        let tol = tolerance(case.kind);
+        assert!(out <= tol && grad <= tol, "{case:?}: output {out:e}, gradient {grad:e}");
+    }
+}
+
+#[test]
+fn kernel_handles_a_million_rows() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let case = SweepCase::new(true, 80, 1_000_000, kind);
+        let (out, grad) = sweep_case(case, (Backend::Fused, dev), (Backend::Reference, dev), 99);
+        assert!(
+            out <= tolerance(kind) && grad <= tolerance(kind),
+            "{kind:?}: {out:e} {grad:e}"
+        );
+    }
+}
+
+#[test]
+fn counts_update_on_the_device_matches_the_host() {
+    let Some(dev) = cuda() else { return };
+    let labels = random_labels(100_000, 81, 3);
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(80).backend(Backend::Fused)).unwrap();
+    let x = Tensor::zeros([100_000, 82], (Kind::Float, dev));
+    loss.forward(&x, &labels.to_device(dev), None, None).unwrap();
+    loss.forward(&x, &labels.to_device(dev), None, None).unwrap();
+    let want = labels.bincount::<Tensor>(None, 81) * 2;
+    assert_eq!(to_i64(&loss.cum_samples()), to_i64(&want));
+}
+
+#[test]
+fn labels_weights_and_counts_on_another_device_are_errors() {
+    let Some(dev) = cuda() else { return };
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3)).unwrap();
+    let x = Tensor::zeros([2, 5], (Kind::Float, dev));
+    let y_cpu = Tensor::from_slice(&[0i64, 1]);
+    let err = loss.forward(&x, &y_cpu, None, None).unwrap_err();
+    assert!(
+        err.to_string().contains("labels is on Cpu but cls_score is on Cuda(0)"),
+        "{err}"
+    );
+    let w_cpu = Tensor::ones([2], (Kind::Float, Device::Cpu));
+    let err = loss.forward(&x, &y_cpu.to_device(dev), Some(&w_cpu), None).unwrap_err();
+    assert!(err.to_string().contains("label_weights is on Cpu"), "{err}");
+    let vs_cpu = nn::VarStore::new(Device::Cpu);
+    let mut cpu_loss = SeesawLoss::new(vs_cpu.root(), SeesawConfig::detection(3)).unwrap();
+    let err = cpu_loss.forward(&x, &y_cpu.to_device(dev), None, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cum_samples is on Cpu but cls_score is on Cuda(0)"),
+        "{err}"
+    );
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+}
+
+#[test]
+fn out_of_range_labels_on_the_gpu_are_errors_not_faults() {
+    let Some(dev) = cuda() else { return };
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3).backend(Backend::Fused)).unwrap();
+    let x = Tensor::zeros([2, 5], (Kind::Float, dev));
+    let err = loss
+        .forward(&x, &Tensor::from_slice(&[0i64, 1000]).to_device(dev), None, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("found label 1000"), "{err}");
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+    // The device is still healthy.
+    loss.forward(&x, &Tensor::from_slice(&[0i64, 3]).to_device(dev), None, None)
+        .unwrap();
+}
+
+#[test]
+fn backward_on_the_autograd_thread_reaches_the_scores() {
+    let Some(dev) = cuda() else { return };
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(10).backend(Backend::Fused)).unwrap();
+    let x = Tensor::randn([64, 10], (Kind::Float, dev)).set_requires_grad(true);
+    let out = loss
+        .forward(&x, &Tensor::randint(10, [64], (Kind::Int64, dev)), None, None)
+        .unwrap();
+    (out.total() * 3.0).backward();
+    assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}

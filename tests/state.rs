@@ -1,0 +1,151 @@
+//! The cumulative counts: accumulation, exactness, checkpoints.
+
+mod common;
+
+use common::*;
+use seesaw_loss::{SeesawConfig, SeesawLoss};
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn counts_accumulate_over_steps_with_background_last() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root() / "seesaw", SeesawConfig::detection(3)).unwrap();
+    let x = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
+    loss.forward(&x, &Tensor::from_slice(&[0i64, 3, 3, 1]), None, None)
+        .unwrap();
+    loss.forward(&x, &Tensor::from_slice(&[3i64, 3, 3, 0]), None, None)
+        .unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [2, 1, 0, 5]);
+    assert_eq!(loss.cum_samples().kind(), Kind::Int64);
+}
+
+#[test]
+fn counts_stay_exact_past_two_to_the_24() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(2)).unwrap();
+    let mut var = vs.variables()["cum_samples"].shallow_clone();
+    tch::no_grad(|| var.copy_(&Tensor::from_slice(&[1i64 << 24, 7])));
+    loss.forward(
+        &Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
+        &Tensor::from_slice(&[0i64]),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [(1 << 24) + 1, 7]);
+}
+
+#[test]
+fn checkpoint_round_trip_resumes_with_identical_losses() {
+    let dir = std::env::temp_dir().join(format!("seesaw-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("model.safetensors");
+    let batches: Vec<(Tensor, Tensor)> = (0..4)
+        .map(|i| {
+            (
+                random_scores(16, 9, i).to_kind(Kind::Float),
+                random_labels(16, 8, 50 + i),
+            )
+        })
+        .collect();
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root() / "loss", SeesawConfig::detection(7)).unwrap();
+    for (x, y) in &batches[..2] {
+        loss.forward(x, y, None, None).unwrap();
+    }
+    vs.save(&file).unwrap();
+    let continued: Vec<f64> = batches[2..]
+        .iter()
+        .map(|(x, y)| loss.forward(x, y, None, None).unwrap().total().double_value(&[]))
+        .collect();
+
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let mut resumed = SeesawLoss::new(vs2.root() / "loss", SeesawConfig::detection(7)).unwrap();
+    vs2.load(&file).unwrap();
+    let after_load: Vec<f64> = batches[2..]
+        .iter()
+        .map(|(x, y)| resumed.forward(x, y, None, None).unwrap().total().double_value(&[]))
+        .collect();
+    assert_eq!(continued, after_load);
+    assert_eq!(to_i64(&loss.cum_samples()), to_i64(&resumed.cum_samples()));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn float_counts_from_a_checkpoint_are_accepted_and_made_exact_again() {
+    let dir = std::env::temp_dir().join(format!("seesaw-float-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("python.safetensors");
+    // As a converted Python checkpoint would hold them: float32.
+    Tensor::write_safetensors(&[("cum_samples", Tensor::from_slice(&[4.0f32, 0.0, 2.0]))], &file).unwrap();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3)).unwrap();
+    vs.load(&file).unwrap();
+    loss.forward(
+        &Tensor::zeros([1, 3], (Kind::Float, Device::Cpu)),
+        &Tensor::from_slice(&[1i64]),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [4, 1, 2]);
+    assert_eq!(vs.variables()["cum_samples"].kind(), Kind::Int64);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn nan_or_negative_counts_from_a_checkpoint_are_an_error_that_changes_nothing() {
+    for bad in [[1.0f32, f32::NAN, 2.0], [1.0, -3.0, 2.0], [f32::INFINITY, 0.0, 0.0]] {
+        let dir = std::env::temp_dir().join(format!("seesaw-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.safetensors");
+        Tensor::write_safetensors(&[("cum_samples", Tensor::from_slice(&bad))], &file).unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3)).unwrap();
+        vs.load(&file).unwrap();
+        let before = to_vec(&vs.variables()["cum_samples"]);
+        let err = loss
+            .forward(
+                &Tensor::zeros([1, 3], (Kind::Float, Device::Cpu)),
+                &Tensor::from_slice(&[1i64]),
+                None,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cum_samples holds NaN, infinite or negative counts"),
+            "{err}"
+        );
+        let after = to_vec(&vs.variables()["cum_samples"]);
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+#[test]
+fn converting_the_var_store_to_half_leaves_counts_exact() {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(2)).unwrap();
+    let mut var = vs.variables()["cum_samples"].shallow_clone();
+    tch::no_grad(|| var.copy_(&Tensor::from_slice(&[5000i64, 3])));
+    vs.half();
+    loss.forward(
+        &Tensor::zeros([1, 2], (Kind::Half, Device::Cpu)),
+        &Tensor::from_slice(&[0i64]),
+        None,
+        None,
+    )
+    .unwrap();
+    // 5001 is not representable in f16; int64 counts do not care.
+    assert_eq!(to_i64(&loss.cum_samples()), [5001, 3]);
+}
+
+#[test]
+fn counts_are_registered_as_a_non_trainable_variable() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _loss = SeesawLoss::new(vs.root() / "roi_head" / "loss_cls", SeesawConfig::detection(80)).unwrap();
+    assert!(vs.variables().contains_key("roi_head.loss_cls.cum_samples"));
+    assert!(vs.trainable_variables().is_empty());
+}
