@@ -1,6 +1,9 @@
 //! Bad input comes back as an error that says what was wrong, and leaves the
 //! counts as they were.
 
+mod common;
+
+use common::set_counts;
 use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -14,8 +17,7 @@ fn expect_error(config: SeesawConfig, call: impl FnOnce(&mut SeesawLoss) -> anyh
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), config.clone()).unwrap();
     let start: Vec<i64> = (1..=config.num_counters()).collect();
-    let mut var = vs.variables()["cum_samples"].shallow_clone();
-    tch::no_grad(|| var.copy_(&Tensor::from_slice(&start)));
+    set_counts(&vs, &start);
     let err = call(&mut loss).expect_err("expected an error");
     let msg = format!("{err:#}");
     assert!(msg.contains(needle), "message {msg:?} does not contain {needle:?}");

@@ -25,50 +25,29 @@ fn cuda() -> Option<Device> {
 fn kernel_matches_the_reference_on_the_gpu_over_the_sweep() {
     let Some(dev) = cuda() else { return };
     let cases = sweep_cases(200_000_000);
-    let mut worst = (0f64, 0f64);
-    for (i, case) in cases.iter().enumerate() {
-        let (out, grad) = sweep_case(*case, (Backend::Fused, dev), (Backend::Reference, dev), i as i64);
-        let tol = tolerance(case.kind);
-        assert!(
-            out <= tol && grad <= tol,
-            "{case:?}: output {out:e}, gradient {grad:e}, tolerance {tol:e}"
-        );
-        worst = (worst.0.max(out), worst.1.max(grad));
-    }
+    let (out, grad) = assert_sweep(&cases, (Backend::Fused, dev), (Backend::Reference, dev), 0);
     println!(
-        "GPU sweep: {} cases, worst relative error outputs {:e}, gradients {:e}",
-        cases.len(),
-        worst.0,
-        worst.1
+        "GPU sweep: {} cases, worst relative error outputs {out:e}, gradients {grad:e}",
+        cases.len()
     );
 }
 
 #[test]
 fn kernel_matches_the_cpu_mirror() {
     let Some(dev) = cuda() else { return };
-    for (i, case) in sweep_cases(20_000_000).iter().enumerate() {
-        let (out, grad) = sweep_case(
-            *case,
-            (Backend::Fused, dev),
-            (Backend::Fused, Device::Cpu),
-            7000 + i as i64,
-        );
-        let tol = tolerance(case.kind);
-        assert!(out <= tol && grad <= tol, "{case:?}: output {out:e}, gradient {grad:e}");
-    }
+    assert_sweep(
+        &sweep_cases(20_000_000),
+        (Backend::Fused, dev),
+        (Backend::Fused, Device::Cpu),
+        7000,
+    );
 }
 
 #[test]
 fn kernel_handles_a_million_rows() {
     let Some(dev) = cuda() else { return };
-    for kind in [Kind::Float, Kind::BFloat16] {
-        let case = SweepCase::new(true, 80, 1_000_000, kind);
-        let (out, grad) = sweep_case(case, (Backend::Fused, dev), (Backend::Reference, dev), 99);
-        assert!(
-            out <= tolerance(kind) && grad <= tolerance(kind),
-            "{kind:?}: {out:e} {grad:e}"
-        );
-    }
+    let cases = [Kind::Float, Kind::BFloat16].map(|kind| SweepCase::new(true, 80, 1_000_000, kind));
+    assert_sweep(&cases, (Backend::Fused, dev), (Backend::Reference, dev), 99);
 }
 
 #[test]

@@ -16,8 +16,7 @@ fn scalar(t: &Tensor) -> f64 {
 /// Builds a loss whose counts start at `counts`.
 fn loss_with_counts(vs: &nn::VarStore, config: SeesawConfig, counts: &[i64]) -> SeesawLoss {
     let loss = SeesawLoss::new(vs.root(), config).unwrap();
-    let mut var = vs.variables()["cum_samples"].shallow_clone();
-    tch::no_grad(|| var.copy_(&Tensor::from_slice(counts)));
+    set_counts(vs, counts);
     loss
 }
 

@@ -6,6 +6,14 @@ use common::*;
 use seesaw_loss::{SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
+/// A fresh folder for this test process and a file path inside it.
+fn scratch_file(tag: &str, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("seesaw-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    (dir, file)
+}
+
 #[test]
 fn counts_accumulate_over_steps_with_background_last() {
     let vs = nn::VarStore::new(Device::Cpu);
@@ -23,8 +31,7 @@ fn counts_accumulate_over_steps_with_background_last() {
 fn counts_stay_exact_past_two_to_the_24() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(2)).unwrap();
-    let mut var = vs.variables()["cum_samples"].shallow_clone();
-    tch::no_grad(|| var.copy_(&Tensor::from_slice(&[1i64 << 24, 7])));
+    set_counts(&vs, &[1i64 << 24, 7]);
     loss.forward(
         &Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
         &Tensor::from_slice(&[0i64]),
@@ -37,9 +44,7 @@ fn counts_stay_exact_past_two_to_the_24() {
 
 #[test]
 fn checkpoint_round_trip_resumes_with_identical_losses() {
-    let dir = std::env::temp_dir().join(format!("seesaw-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("model.safetensors");
+    let (dir, file) = scratch_file("ckpt", "model.safetensors");
     let batches: Vec<(Tensor, Tensor)> = (0..4)
         .map(|i| {
             (
@@ -74,9 +79,7 @@ fn checkpoint_round_trip_resumes_with_identical_losses() {
 
 #[test]
 fn float_counts_from_a_checkpoint_are_accepted_and_made_exact_again() {
-    let dir = std::env::temp_dir().join(format!("seesaw-float-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("python.safetensors");
+    let (dir, file) = scratch_file("float", "python.safetensors");
     // As a converted Python checkpoint would hold them: float32.
     Tensor::write_safetensors(&[("cum_samples", Tensor::from_slice(&[4.0f32, 0.0, 2.0]))], &file).unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -97,9 +100,7 @@ fn float_counts_from_a_checkpoint_are_accepted_and_made_exact_again() {
 #[test]
 fn nan_or_negative_counts_from_a_checkpoint_are_an_error_that_changes_nothing() {
     for bad in [[1.0f32, f32::NAN, 2.0], [1.0, -3.0, 2.0], [f32::INFINITY, 0.0, 0.0]] {
-        let dir = std::env::temp_dir().join(format!("seesaw-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("bad.safetensors");
+        let (dir, file) = scratch_file("bad", "bad.safetensors");
         Tensor::write_safetensors(&[("cum_samples", Tensor::from_slice(&bad))], &file).unwrap();
         let mut vs = nn::VarStore::new(Device::Cpu);
         let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3)).unwrap();
@@ -128,8 +129,7 @@ fn nan_or_negative_counts_from_a_checkpoint_are_an_error_that_changes_nothing() 
 fn converting_the_var_store_to_half_leaves_counts_exact() {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(2)).unwrap();
-    let mut var = vs.variables()["cum_samples"].shallow_clone();
-    tch::no_grad(|| var.copy_(&Tensor::from_slice(&[5000i64, 3])));
+    set_counts(&vs, &[5000i64, 3]);
     vs.half();
     loss.forward(
         &Tensor::zeros([1, 2], (Kind::Half, Device::Cpu)),

@@ -195,6 +195,12 @@ pub fn expected(scores: &[Vec<f64>], labels: &[i64], counts_after: &[f64], spec:
     }
 }
 
+/// Overwrites the counts variable a loss registered at the root of `vs`.
+pub fn set_counts(vs: &tch::nn::VarStore, counts: &[i64]) {
+    let mut var = vs.variables()["cum_samples"].shallow_clone();
+    tch::no_grad(|| var.copy_(&Tensor::from_slice(counts)));
+}
+
 /// Counts after adding `labels` to `before`.
 pub fn counts_after(before: &[f64], labels: &[i64]) -> Vec<f64> {
     let mut c = before.to_vec();
@@ -396,6 +402,28 @@ pub fn sweep_case(
         grad_err = grad_err.max(rel_err(fg, rg));
     }
     (out_err, grad_err)
+}
+
+/// Runs every case (see [`sweep_case`]) with seeds from `first_seed`, asserts
+/// each against [`tolerance`], and returns the worst (output, gradient)
+/// relative errors.
+pub fn assert_sweep(
+    cases: &[SweepCase],
+    a: (seesaw_loss::Backend, Device),
+    b: (seesaw_loss::Backend, Device),
+    first_seed: i64,
+) -> (f64, f64) {
+    let mut worst = (0f64, 0f64);
+    for (i, case) in cases.iter().enumerate() {
+        let (out, grad) = sweep_case(*case, a, b, first_seed + i as i64);
+        let tol = tolerance(case.kind);
+        assert!(
+            out <= tol && grad <= tol,
+            "{case:?}: output rel err {out:e}, gradient rel err {grad:e}, tolerance {tol:e}"
+        );
+        worst = (worst.0.max(out), worst.1.max(grad));
+    }
+    worst
 }
 
 /// The sweep of the fused-path issue: shapes, kinds, options. `max_elems`
