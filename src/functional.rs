@@ -64,7 +64,7 @@ pub fn seesaw_ce_loss(
         bail!("cum_samples must be numeric, got {:?}", cum_samples.kind());
     }
     inputs::check_device("cum_samples", cum_samples.device(), device)?;
-    let report = inputs::inspect(&labels, cum_samples)?;
+    let report = inputs::inspect(&labels, Some(cum_samples))?;
     inputs::check_label_range(&config, report.label_range)?;
     if report.bad_counts {
         bail!("cum_samples holds NaN, infinite or negative counts");

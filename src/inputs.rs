@@ -118,7 +118,8 @@ pub(crate) struct DataReport {
 /// Reads the label range and the health of the counts in a single transfer:
 /// the only host round trip of a call, forced by the promise that bad labels
 /// and corrupt checkpoints come back as errors rather than as device faults.
-pub(crate) fn inspect(labels: &Tensor, counts: &Tensor) -> Result<DataReport> {
+/// Without `counts` (calls that do not touch them), only the labels are read.
+pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataReport> {
     let _guard = tch::no_grad_guard();
     let mut parts = Vec::with_capacity(3);
     let has_rows = labels.numel() > 0;
@@ -126,22 +127,31 @@ pub(crate) fn inspect(labels: &Tensor, counts: &Tensor) -> Result<DataReport> {
         parts.push(labels.min().view([1]));
         parts.push(labels.max().view([1]));
     }
-    let bad = if counts.is_floating_point() {
-        counts
-            .isnan()
-            .logical_or(&counts.isinf())
-            .logical_or(&counts.lt(0.0))
-            .any()
-    } else {
-        counts.lt(0).any()
-    };
-    parts.push(bad.to_kind(Kind::Int64).view([1]));
+    if let Some(counts) = counts {
+        let bad = if counts.is_floating_point() {
+            counts
+                .isnan()
+                .logical_or(&counts.isinf())
+                .logical_or(&counts.lt(0.0))
+                .any()
+        } else {
+            counts.lt(0).any()
+        };
+        parts.push(bad.to_kind(Kind::Int64).view([1]));
+    }
+    if parts.is_empty() {
+        return Ok(DataReport {
+            label_range: None,
+            bad_counts: false,
+        });
+    }
     let host = Tensor::cat(&parts, 0).to_device(Device::Cpu);
     let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
     let label_range = has_rows.then(|| (values[0], values[1]));
+    let bad_counts = counts.is_some() && values[values.len() - 1] != 0;
     Ok(DataReport {
         label_range,
-        bad_counts: values[values.len() - 1] != 0,
+        bad_counts,
     })
 }
 

@@ -174,7 +174,7 @@ impl SeesawLoss {
         if use_fused && device != Device::Cpu {
             fused::cuda::prepare(device)?;
         }
-        let report = inputs::inspect(&labels, self.counts.raw())?;
+        let report = inputs::inspect(&labels, Some(self.counts.raw()))?;
         inputs::check_label_range(config, report.label_range)?;
         if report.bad_counts {
             bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
@@ -303,14 +303,7 @@ impl SeesawLoss {
         let config = &self.config;
         let rows = inputs::check_scores(config, cls_score)?;
         let labels = inputs::check_labels(labels, rows, cls_score.device())?;
-        let range = if rows > 0 {
-            let lo = labels.min().int64_value(&[]);
-            let hi = labels.max().int64_value(&[]);
-            Some((lo, hi))
-        } else {
-            None
-        };
-        inputs::check_label_range(config, range)?;
+        inputs::check_label_range(config, inputs::inspect(&labels, None)?.label_range)?;
         let _guard = tch::no_grad_guard();
         let c = config.num_classes();
         Ok(match config.head() {
