@@ -13,6 +13,10 @@
 //!
 //! Link arguments of a build script reach this package's own targets only; the
 //! README says what a downstream binary needs (the `seesaw_loss::link` helpers).
+//!
+//! It also compiles the autograd shim (`shim/seesaw_autograd.cpp`) against the
+//! headers next to that library folder (`<lib>/../include`), with the flags
+//! torch-sys uses for its own C++ (C++17, the libtorch C++ ABI).
 
 use std::env;
 use std::path::PathBuf;
@@ -20,10 +24,12 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels/seesaw.cu");
-    let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
-        return;
-    };
-    let lib = PathBuf::from(lib);
+    println!("cargo:rerun-if-changed=shim/seesaw_autograd.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let lib = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys publishes DEP_TCH_LIBTORCH_LIB (its `links` metadata)"),
+    );
+    compile_shim(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // The wheel layout: site-packages/torch/lib and site-packages/nvidia/cu13/lib.
     if let Some(site_packages) = lib.parent().and_then(|torch| torch.parent()) {
@@ -40,4 +46,21 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+fn compile_shim(lib: &std::path::Path) {
+    let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
+    // PyTorch's wheels since 2.7 use the C++11 ABI; torch-sys defaults to it too.
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .file("shim/seesaw_autograd.cpp")
+        .include(&include)
+        .include(include.join("torch").join("csrc").join("api").join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("seesaw_autograd_shim");
 }

@@ -1,12 +1,16 @@
-// Seesaw loss, forward and backward fused: one warp per row.
+// Seesaw loss, one warp per row: a loss pass and a gradient pass.
 //
 // The row algorithm and its derivation live in src/math.rs; this file follows
-// it line for line (class_row, objectness_row, OnlineLse). Per row:
-//   pass 1  lse = logsumexp(z)                       (online, lane-strided)
-//   pass 2  lse' = logsumexp(z'), z'_j = z_j + log M_j + log C_j
-//   pass 3  g_j = scale * (exp(z'_j - lse') - [j == y])
-// Passes 2 and 3 re-read the row, which a warp has just pulled through L1/L2,
-// so DRAM sees one read of the logits and one write of the gradient.
+// it (class_forward, class_grad, objectness_row, Adjustment). Per row:
+//   loss pass      m, lse = max and logsumexp of z          (online, lane-strided)
+//                  lse' = logsumexp(z'), summed against a shift that bounds
+//                  every z' (math.rs, "Shifts instead of an online maximum")
+//   gradient pass  g_j = scale * (exp(z'_j - lse') - [j == y])
+// Three kernels use them: seesaw_forward (loss pass; keeps lse and lse' per
+// row for the autograd node's backward), seesaw_backward (gradient pass times
+// the upstream gradient), seesaw_fused (both, for forward_backward: the
+// gradient pass re-reads a row the warp has just pulled through L1/L2, so
+// DRAM sees one read of the logits and one write of the gradient).
 //
 // Compiled at run time by NVRTC, which has no default include path: no CUDA
 // headers, so the f16 / bf16 conversions are written here.
@@ -51,7 +55,7 @@ __device__ __forceinline__ void store(f16_t* p, float v) {
     p->bits = h;
 }
 
-// ---- online logsumexp (math.rs: OnlineLse) -----------------------------------
+// ---- online logsumexp of pass 1 ----------------------------------------------
 
 struct Lse {
     float max;
@@ -77,69 +81,116 @@ __device__ __forceinline__ Lse lse_merge(Lse a, Lse b) {
     return r;
 }
 
-__device__ __forceinline__ float warp_lse(Lse a) {
+// The warp's (max, sum), the same in every lane.
+__device__ __forceinline__ Lse warp_lse(Lse a) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         Lse b = {__shfl_xor_sync(FULL_MASK, a.max, offset), __shfl_xor_sync(FULL_MASK, a.sum, offset)};
         a = lse_merge(a, b);
     }
-    return a.max + logf(a.sum);
+    return a;
 }
 
-// ---- one row (math.rs: adjustment, class_row, objectness_row) ----------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+// ---- one row (math.rs: Adjustment, class_forward, class_grad, objectness_row) -
+
+// Below this a sum of exponentials is treated as underflowed (math.rs: UNDERFLOW).
+#define UNDERFLOW 1e-30f
 
 struct Params {
     float p, q, log_eps;
 };
 
-__device__ __forceinline__ float adjustment(const Params& k, float log_n_j, float log_n_y, float rel_j,
-                                            float rel_self) {
-    float a = 0.0f;
-    if (k.p > 0.0f) a += fminf(k.p * (log_n_j - log_n_y), 0.0f);
-    if (k.q > 0.0f) a += fmaxf(k.q * (rel_j - rel_self), 0.0f);
+struct Adjustment {
+    float p, q, log_n_y, threshold;  // threshold = lse + max(z_y - lse, log eps)
+};
+
+__device__ __forceinline__ Adjustment make_adjustment(const Params& k, float lse, float z_y, float log_n_y) {
+    Adjustment a = {k.p, k.q, log_n_y, lse + fmaxf(z_y - lse, k.log_eps)};
     return a;
 }
 
+// z'_j of a negative class: p min(0, log n_j - log n_y) + q max(0, z_j - threshold).
+__device__ __forceinline__ float adjusted(const Adjustment& a, float z_j, float log_n_j) {
+    float m = log_n_j - a.log_n_y;
+    float c = z_j - a.threshold;
+    return z_j + a.p * (m < 0.0f ? m : 0.0f) + a.q * (c > 0.0f ? c : 0.0f);
+}
+
+struct RowStats {
+    float lse, lse_adjusted;
+};
+
+// The loss pass of a class row: returns the unweighted loss, fills `stats`.
 template <typename T>
-__device__ __forceinline__ float class_row(const Params& k, const T* __restrict__ z, int C, int label,
-                                           const float* __restrict__ log_counts, T* __restrict__ g,
-                                           float scale, int lane) {
+__device__ __forceinline__ float class_forward(const Params& k, const T* __restrict__ z, int C, int label,
+                                               const float* __restrict__ log_counts, int lane, RowStats& stats) {
     Lse first = {NEG_INF, 0.0f};
     for (int j = lane; j < C; j += 32) lse_push(first, load(z + j));
-    const float lse = warp_lse(first);
+    first = warp_lse(first);
+    const float lse = first.max + logf(first.sum);
+    const float m = first.max == NEG_INF ? 0.0f : first.max;
     const float z_y = load(z + label);
-    const float rel_self = fmaxf(z_y - lse, k.log_eps);
-    const float log_n_y = log_counts[label];
+    const Adjustment adj = make_adjustment(k, lse, z_y, log_counts[label]);
 
-    Lse second = {NEG_INF, 0.0f};
+    const float shift = lse + k.q * fmaxf(m - adj.threshold, 0.0f);
+    float part = 0.0f;
     for (int j = lane; j < C; j += 32) {
         float zj = load(z + j);
-        float a = j == label ? zj : zj + adjustment(k, log_counts[j], log_n_y, zj - lse, rel_self);
-        lse_push(second, a);
+        part += expf((j == label ? zj : adjusted(adj, zj, log_counts[j])) - shift);
     }
-    const float lse_adjusted = warp_lse(second);
-
-    for (int j = lane; j < C; j += 32) {
-        float zj = load(z + j);
-        float a = j == label ? zj : zj + adjustment(k, log_counts[j], log_n_y, zj - lse, rel_self);
-        store(g + j, scale * (expf(a - lse_adjusted) - (j == label ? 1.0f : 0.0f)));
+    const float sum = warp_sum(part);
+    float lse_adjusted = shift + logf(sum);
+    if (sum < UNDERFLOW) {  // warp-uniform: every lane holds the same sum
+        Lse second = {NEG_INF, 0.0f};
+        for (int j = lane; j < C; j += 32) {
+            float zj = load(z + j);
+            lse_push(second, j == label ? zj : adjusted(adj, zj, log_counts[j]));
+        }
+        second = warp_lse(second);
+        if (second.max != NEG_INF) lse_adjusted = second.max + logf(second.sum);
     }
+    stats.lse = lse;
+    stats.lse_adjusted = lse_adjusted;
     return lse_adjusted - z_y;
 }
 
+// The gradient pass of a class row: g = scale * (softmax(z') - onehot(label)).
+template <typename T>
+__device__ __forceinline__ void class_grad(const Params& k, const T* __restrict__ z, int C, int label,
+                                           const float* __restrict__ log_counts, RowStats stats, float scale,
+                                           T* __restrict__ g, int lane) {
+    const float z_y = load(z + label);
+    const Adjustment adj = make_adjustment(k, stats.lse, z_y, log_counts[label]);
+    for (int j = lane; j < C; j += 32) {
+        float zj = load(z + j);
+        float v = j == label ? expf(z_y - stats.lse_adjusted) - 1.0f
+                             : expf(adjusted(adj, zj, log_counts[j]) - stats.lse_adjusted);
+        store(g + j, scale * v);
+    }
+}
+
+// Objectness of a detection row: 2-way cross-entropy; writes the scaled
+// gradient when g is not null.
 template <typename T>
 __device__ __forceinline__ float objectness_row(float fg, float bg, bool background, T* __restrict__ g,
                                                 float scale) {
-    Lse a = {NEG_INF, 0.0f};
-    lse_push(a, fg);
-    lse_push(a, bg);
-    const float lse = a.max + logf(a.sum);
-    store(g, scale * (expf(fg - lse) - (background ? 0.0f : 1.0f)));
-    store(g + 1, scale * (expf(bg - lse) - (background ? 1.0f : 0.0f)));
+    float m = fmaxf(fg, bg);
+    m = m == NEG_INF ? 0.0f : m;
+    const float lse = m + logf(expf(fg - m) + expf(bg - m));
+    if (g) {
+        store(g, scale * (expf(fg - lse) - (background ? 0.0f : 1.0f)));
+        store(g + 1, scale * (expf(bg - lse) - (background ? 1.0f : 0.0f)));
+    }
     return lse - (background ? bg : fg);
 }
 
-// ---- the fused kernel --------------------------------------------------------
+// ---- the kernels --------------------------------------------------------------
 //
 // logits     [N, width] with row stride `row_stride` (elements), unit column stride
 // grad       [N, width] contiguous, written whole
@@ -149,57 +200,152 @@ __device__ __forceinline__ float objectness_row(float fg, float bg, bool backgro
 // log_counts [C] f32, log(max(n, 1))
 // class_loss [N] f32: unweighted, 0 for background rows
 // obj_loss   [N] f32 (detection) or null
+// stats      [N, 2] f32: lse and lse' of each class row
+// up_cls     upstream multiplier of the class gradient: up_cls[row * up_cls_stride],
+//            stride 0 for one shared value; null when the class part is unused
+// up_obj     the same for the objectness gradient
 // width = C + 2 (detection, objectness in columns C, C+1) or C.
 
-template <typename T>
-__device__ __forceinline__ void seesaw_fused(const T* __restrict__ logits, i64 row_stride, T* __restrict__ grad,
-                                             const i64* __restrict__ labels, const float* __restrict__ weights,
-                                             const float* __restrict__ log_counts, float* __restrict__ class_loss,
-                                             float* __restrict__ obj_loss, i64 n_rows, int C, int detection,
-                                             float p, float q, float log_eps, float loss_weight) {
-    const int lane = threadIdx.x & 31;
-    const i64 row = (i64)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= n_rows) return;  // uniform across the warp
-    const int width = detection ? C + 2 : C;
-    const T* z = logits + row * row_stride;
-    T* g = grad + row * (i64)width;
-    const i64 label = labels[row];
-    const i64 max_label = detection ? C : C - 1;
+struct Row {
+    i64 index;
+    int lane;
+    bool valid;  // label in range
+    int label;
+};
 
-    if (label < 0 || label > max_label) {
-        for (int j = lane; j < width; j += 32) store(g + j, 0.0f);
-        if (lane == 0) {
-            class_loss[row] = QNAN;
-            if (detection) obj_loss[row] = QNAN;
+__device__ __forceinline__ Row row_of(const i64* __restrict__ labels, i64 n_rows, int C, int detection) {
+    Row r;
+    r.lane = threadIdx.x & 31;
+    r.index = (i64)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
+    r.valid = false;
+    r.label = 0;
+    if (r.index < n_rows) {
+        const i64 label = labels[r.index];
+        const i64 max_label = detection ? C : C - 1;
+        r.valid = label >= 0 && label <= max_label;
+        r.label = r.valid ? (int)label : 0;
+    }
+    return r;
+}
+
+__device__ __forceinline__ float upstream(const float* __restrict__ up, i64 stride, i64 row) {
+    return up ? up[row * stride] : 0.0f;
+}
+
+// The loss pass (and, with `grad`, the gradient pass) of one row.
+template <typename T>
+__device__ __forceinline__ void seesaw_row(const T* __restrict__ logits, i64 row_stride, T* __restrict__ grad,
+                                           const i64* __restrict__ labels, const float* __restrict__ weights,
+                                           const float* __restrict__ log_counts, float* __restrict__ class_loss,
+                                           float* __restrict__ obj_loss, float* __restrict__ stats_out,
+                                           const float* __restrict__ up_cls, i64 up_cls_stride,
+                                           const float* __restrict__ up_obj, i64 up_obj_stride, i64 n_rows, int C,
+                                           int detection, float p, float q, float log_eps, float loss_weight) {
+    const Row r = row_of(labels, n_rows, C, detection);
+    if (r.index >= n_rows) return;  // uniform across the warp
+    const int width = detection ? C + 2 : C;
+    const T* z = logits + r.index * row_stride;
+    T* g = grad ? grad + r.index * (i64)width : (T*)0;
+    if (!r.valid) {
+        if (g)
+            for (int j = r.lane; j < width; j += 32) store(g + j, 0.0f);
+        if (r.lane == 0) {
+            if (class_loss) class_loss[r.index] = QNAN;
+            if (detection && obj_loss) obj_loss[r.index] = QNAN;
+            if (stats_out) stats_out[2 * r.index] = stats_out[2 * r.index + 1] = QNAN;
         }
         return;
     }
-    const float scale = loss_weight * (weights ? weights[row] : 1.0f);
+    const float scale = loss_weight * (weights ? weights[r.index] : 1.0f);
     const Params k = {p, q, log_eps};
-    if (label < C) {
-        float loss = class_row(k, z, C, (int)label, log_counts, g, scale, lane);
-        if (lane == 0) class_loss[row] = loss;
+    if (r.label < C) {
+        RowStats stats;
+        float loss = class_forward(k, z, C, r.label, log_counts, r.lane, stats);
+        if (r.lane == 0) {
+            if (class_loss) class_loss[r.index] = loss;
+            if (stats_out) {
+                stats_out[2 * r.index] = stats.lse;
+                stats_out[2 * r.index + 1] = stats.lse_adjusted;
+            }
+        }
+        if (g) class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up_cls, up_cls_stride, r.index), g, r.lane);
     } else {
-        for (int j = lane; j < C; j += 32) store(g + j, 0.0f);
-        if (lane == 0) class_loss[row] = 0.0f;
+        if (g)
+            for (int j = r.lane; j < C; j += 32) store(g + j, 0.0f);
+        if (r.lane == 0) {
+            if (class_loss) class_loss[r.index] = 0.0f;
+            if (stats_out) stats_out[2 * r.index] = stats_out[2 * r.index + 1] = QNAN;
+        }
     }
-    if (detection && lane == 0) {
-        obj_loss[row] = objectness_row(load(z + C), load(z + C + 1), label == C, g + C, scale);
+    if (detection && r.lane == 0) {
+        float loss = objectness_row(load(z + C), load(z + C + 1), r.label == C, g ? g + C : (T*)0,
+                                    scale * upstream(up_obj, up_obj_stride, r.index));
+        if (obj_loss) obj_loss[r.index] = loss;
     }
 }
 
-#define SEESAW_FUSED(NAME, T)                                                                              \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                     \
-        NAME(const T* logits, i64 row_stride, T* grad, const i64* labels, const float* weights,            \
-             const float* log_counts, float* class_loss, float* obj_loss, i64 n_rows, int C, int detection, \
-             float p, float q, float log_eps, float loss_weight) {                                         \
-        seesaw_fused<T>(logits, row_stride, grad, labels, weights, log_counts, class_loss, obj_loss, n_rows, \
-                        C, detection, p, q, log_eps, loss_weight);                                         \
+// The gradient pass alone, from the loss pass's stats.
+template <typename T>
+__device__ __forceinline__ void seesaw_grad_row(const T* __restrict__ logits, i64 row_stride, T* __restrict__ grad,
+                                                const i64* __restrict__ labels, const float* __restrict__ weights,
+                                                const float* __restrict__ log_counts,
+                                                const float* __restrict__ stats_in, const float* __restrict__ up_cls,
+                                                i64 up_cls_stride, const float* __restrict__ up_obj,
+                                                i64 up_obj_stride, i64 n_rows, int C, int detection, float p,
+                                                float q, float log_eps, float loss_weight) {
+    const Row r = row_of(labels, n_rows, C, detection);
+    if (r.index >= n_rows) return;
+    const int width = detection ? C + 2 : C;
+    const T* z = logits + r.index * row_stride;
+    T* g = grad + r.index * (i64)width;
+    if (!r.valid) {
+        for (int j = r.lane; j < width; j += 32) store(g + j, 0.0f);
+        return;
+    }
+    const float scale = loss_weight * (weights ? weights[r.index] : 1.0f);
+    const Params k = {p, q, log_eps};
+    if (r.label < C) {
+        RowStats stats = {stats_in[2 * r.index], stats_in[2 * r.index + 1]};
+        class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up_cls, up_cls_stride, r.index), g, r.lane);
+    } else {
+        for (int j = r.lane; j < C; j += 32) store(g + j, 0.0f);
+    }
+    if (detection && r.lane == 0) {
+        objectness_row(load(z + C), load(z + C + 1), r.label == C, g + C,
+                       scale * upstream(up_obj, up_obj_stride, r.index));
+    }
+}
+
+#define SEESAW_KERNELS(SUFFIX, T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
+        seesaw_forward_##SUFFIX(const T* logits, i64 row_stride, const i64* labels, const float* log_counts,    \
+                                float* class_loss, float* obj_loss, float* stats, i64 n_rows, int C,            \
+                                int detection, float p, float q, float log_eps) {                               \
+        seesaw_row<T>(logits, row_stride, (T*)0, labels, (const float*)0, log_counts, class_loss, obj_loss,     \
+                      stats, (const float*)0, 0, (const float*)0, 0, n_rows, C, detection, p, q, log_eps, 1.0f); \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
+        seesaw_backward_##SUFFIX(const T* logits, i64 row_stride, T* grad, const i64* labels,                   \
+                                 const float* weights, const float* log_counts, const float* stats,             \
+                                 const float* up_cls, i64 up_cls_stride, const float* up_obj,                   \
+                                 i64 up_obj_stride, i64 n_rows, int C, int detection, float p, float q,         \
+                                 float log_eps, float loss_weight) {                                            \
+        seesaw_grad_row<T>(logits, row_stride, grad, labels, weights, log_counts, stats, up_cls, up_cls_stride, \
+                           up_obj, up_obj_stride, n_rows, C, detection, p, q, log_eps, loss_weight);            \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
+        seesaw_fused_##SUFFIX(const T* logits, i64 row_stride, T* grad, const i64* labels, const float* weights, \
+                              const float* log_counts, float* class_loss, float* obj_loss, const float* up_cls,  \
+                              i64 up_cls_stride, const float* up_obj, i64 up_obj_stride, i64 n_rows, int C,      \
+                              int detection, float p, float q, float log_eps, float loss_weight) {              \
+        seesaw_row<T>(logits, row_stride, grad, labels, weights, log_counts, class_loss, obj_loss, (float*)0,   \
+                      up_cls, up_cls_stride, up_obj, up_obj_stride, n_rows, C, detection, p, q, log_eps,        \
+                      loss_weight);                                                                             \
     }
 
-SEESAW_FUSED(seesaw_fused_f32, float)
-SEESAW_FUSED(seesaw_fused_f16, f16_t)
-SEESAW_FUSED(seesaw_fused_bf16, bf16_t)
+SEESAW_KERNELS(f32, float)
+SEESAW_KERNELS(f16, f16_t)
+SEESAW_KERNELS(bf16, bf16_t)
 
 // ---- cumulative counts -------------------------------------------------------
 //

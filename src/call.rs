@@ -27,6 +27,27 @@ pub(crate) struct Call {
     pub avg_factor: Option<f64>,
 }
 
+impl Call {
+    /// The same call on other scores (same shape and device).
+    pub(crate) fn with_scores(&self, scores: Tensor) -> Call {
+        Call {
+            head: self.head,
+            num_classes: self.num_classes,
+            scores,
+            labels: self.labels.shallow_clone(),
+            weights: self.weights.as_ref().map(Tensor::shallow_clone),
+            log_counts: self.log_counts.shallow_clone(),
+            compute_kind: self.compute_kind,
+            p: self.p,
+            q: self.q,
+            eps: self.eps,
+            loss_weight: self.loss_weight,
+            reduction: self.reduction,
+            avg_factor: self.avg_factor,
+        }
+    }
+}
+
 /// The two parts of the loss, reduced.
 pub(crate) struct Parts {
     pub classes: Tensor,

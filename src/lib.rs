@@ -34,6 +34,7 @@
 //! [`cuda`], the libtorch path in `reference.rs`, the public type in
 //! [`SeesawLoss`].
 
+mod autograd;
 mod call;
 mod config;
 mod counts;
@@ -46,6 +47,8 @@ mod reference;
 
 pub mod link;
 
+#[doc(hidden)]
+pub use autograd::testing as autograd_testing;
 pub use config::{Backend, Head, Reduction, SeesawConfig};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;

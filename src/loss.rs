@@ -162,6 +162,72 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
         reduction: Reduction,
     ) -> Result<SeesawOutput> {
+        self.run(cls_score, labels, label_weights, avg_factor, reduction, |call, fused| {
+            let parts = if fused {
+                fused::forward(call)?
+            } else {
+                reference::forward(call)
+            };
+            Ok(SeesawOutput::from(parts))
+        })
+    }
+
+    /// The loss and its gradient in one go, without autograd: returns the
+    /// outputs (no graph attached) and the gradient of
+    /// [`SeesawOutput::total`] with respect to `cls_score` (same shape and
+    /// kind). The counts take the batch as in [`forward`](SeesawLoss::forward).
+    ///
+    /// On the fused path one pass per row computes both, reading the logits
+    /// once and writing the gradient once; on the reference path (f64 scores,
+    /// or [`Backend::Reference`]) autograd runs inside the call. Use it when
+    /// the scores come from outside libtorch's graph, or to feed the gradient
+    /// to `Tensor::backward` of an upstream tensor yourself.
+    ///
+    /// ```
+    /// use seesaw_loss::{SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(5))?;
+    /// let scores = Tensor::randn([8, 5], (Kind::Float, Device::Cpu));
+    /// let labels = Tensor::randint(5, [8], (Kind::Int64, Device::Cpu));
+    /// let (out, grad) = loss.forward_backward(&scores, &labels, None, None)?;
+    /// assert_eq!(grad.size(), [8, 5]);
+    /// // Softmax gradients: each row sums to zero.
+    /// assert!(grad.sum_dim_intlist(1, false, Kind::Float).abs().max().double_value(&[]) < 1e-6);
+    /// assert!(out.classes.double_value(&[]) > 0.0);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn forward_backward(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+    ) -> Result<(SeesawOutput, Tensor)> {
+        let reduction = self.config.reduction;
+        self.run(cls_score, labels, label_weights, avg_factor, reduction, |call, fused| {
+            let (parts, grad) = if fused {
+                fused::forward_backward(call)?
+            } else {
+                reference_forward_backward(call)?
+            };
+            Ok((SeesawOutput::from(parts), grad))
+        })
+    }
+
+    /// One call in the order of the type's documentation: checks (an error
+    /// changes nothing), the count update, then `compute` with the call and
+    /// whether it takes the fused path; an error of `compute` takes the batch
+    /// back out of the counts.
+    fn run<T>(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+        reduction: Reduction,
+        compute: impl FnOnce(&Call, bool) -> Result<T>,
+    ) -> Result<T> {
         let config = &self.config;
         let rows = inputs::check_scores(config, cls_score)?;
         let device = cls_score.device();
@@ -182,8 +248,7 @@ impl SeesawLoss {
 
         // From here on the inputs are known good: the counts take the batch.
         self.counts.normalize();
-        let on_cuda_fused = use_fused && device != Device::Cpu;
-        if on_cuda_fused {
+        if use_fused && device != Device::Cpu {
             fused::cuda::add_counts(self.counts.raw(), &labels)?;
         } else {
             self.counts.add(&labels);
@@ -203,18 +268,11 @@ impl SeesawLoss {
             reduction,
             avg_factor,
         };
-        let parts = if use_fused {
-            fused::forward(&call)
-        } else {
-            Ok(reference::forward(&call))
-        };
-        match parts {
-            Ok(Parts { classes, objectness }) => Ok(SeesawOutput { classes, objectness }),
-            Err(e) => {
-                self.counts.remove(&call.labels);
-                Err(e)
-            }
+        let result = compute(&call, use_fused);
+        if result.is_err() {
+            self.counts.remove(&call.labels);
         }
+        result
     }
 
     /// Whether this call takes the fused path.
@@ -326,6 +384,31 @@ impl SeesawLoss {
             }
         })
     }
+}
+
+impl From<Parts> for SeesawOutput {
+    fn from(parts: Parts) -> Self {
+        SeesawOutput {
+            classes: parts.classes,
+            objectness: parts.objectness,
+        }
+    }
+}
+
+/// [`SeesawLoss::forward_backward`] on the reference path: autograd on a
+/// detached copy of the scores.
+fn reference_forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
+    let leaf = call.scores.detach().set_requires_grad(true);
+    let parts = reference::forward(&call.with_scores(leaf.shallow_clone()));
+    let output = SeesawOutput::from(parts);
+    let grad = Tensor::f_run_backward(&[output.total()], &[&leaf], false, false)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("autograd returned no gradient for the scores"))?;
+    let detached = Parts {
+        classes: output.classes.detach(),
+        objectness: output.objectness.map(|o| o.detach()),
+    };
+    Ok((detached, grad))
 }
 
 /// Percentage of rows whose arg-max is the label; 0 for no rows.

@@ -36,6 +36,26 @@
 //!
 //! Arithmetic is f32 whatever the storage kind; `log n` is computed once per
 //! call (`Counts::log_counts`).
+//!
+//! # Passes and what is kept between them
+//!
+//! A row is split into a loss part ([`class_forward`]: `lse` and
+//! `logsumexp(z')`, which it returns as [`RowStats`]) and a gradient part
+//! ([`class_grad`]: recomputes `z'` from the logits and the stats and writes
+//! `scale * (softmax(z') - onehot)`). The autograd node runs them in forward
+//! and backward, keeping only the two stats per row in between;
+//! `forward_backward` runs them back to back on a row that is still in cache.
+//!
+//! # Shifts instead of an online maximum
+//!
+//! `lse` takes the row maximum `m` first (one vectorizable pass), then sums
+//! `exp(z - m)`. `logsumexp(z')` needs no maximum pass: every adjusted logit
+//! satisfies `z'_j - lse <= q * max(0, (m - lse) - rel_self)`, because
+//! `z_j - lse <= 0`, `log M_j <= 0` and `log C_j` grows with `z_j`. Summing
+//! `exp(z'_j - shift)` with `shift = lse + that bound` can therefore never
+//! overflow; it could only underflow if every term were below f32's range
+//! (mitigation exponents far beyond the defaults), and then the row is summed
+//! again against its exact maximum. The kernel does the same per warp.
 
 /// Constants of one call, shared by every row.
 #[derive(Clone, Copy, Debug)]
@@ -45,102 +65,228 @@ pub(crate) struct RowParams {
     pub log_eps: f32,
 }
 
-/// `log M_j + log C_j` for a negative class `j` of a row (the adjustment of
-/// `z_j`). `rel_j = z_j - lse`, `rel_self = max(z_y - lse, log eps)`.
+/// What the loss pass of a class row keeps for its gradient pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RowStats {
+    /// `logsumexp(z)`.
+    pub lse: f32,
+    /// `logsumexp(z')`.
+    pub lse_adjusted: f32,
+}
+
+/// Lanes of the chunked loops below: wide enough for two AVX2 registers, so
+/// the compiler turns each chunk into vector code.
+const LANES: usize = 16;
+
+/// Below this, a sum of exponentials is treated as underflowed (see the module
+/// documentation); far above f32's smallest normal, far below any real sum.
+const UNDERFLOW: f32 = 1e-30;
+
+/// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody-Waite
+/// reduction `x = k ln 2 + r` with `|r| <= ln 2 / 2`, a degree-6 polynomial for
+/// `e^r` (Cephes' `expf` coefficients, about 1 ulp), and `2^k` built in the
+/// exponent bits. Rounding to `k` adds and subtracts 1.5 * 2^23, which leaves
+/// `k` in the low mantissa bits. `e^x = 0` below -87.3 (f32's normal range),
+/// NaN stays NaN.
 #[inline(always)]
-pub(crate) fn adjustment(params: &RowParams, log_n_j: f32, log_n_y: f32, rel_j: f32, rel_self: f32) -> f32 {
-    let mut a = 0.0f32;
-    if params.p > 0.0 {
-        a += (params.p * (log_n_j - log_n_y)).min(0.0);
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    const LOW: f32 = -87.336_55;
+    const HIGH: f32 = 88.0;
+    let clamped = if x < LOW { LOW } else if x > HIGH { HIGH } else { x };
+    let t = clamped * LOG2E + ROUND;
+    let k = t - ROUND;
+    let r = clamped - k * LN2_HI - k * LN2_LO;
+    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let e_r = poly * r * r + r + 1.0;
+    let two_k = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    if x < LOW {
+        0.0
+    } else {
+        e_r * two_k
     }
-    if params.q > 0.0 {
-        a += (params.q * (rel_j - rel_self)).max(0.0);
-    }
-    a
 }
 
-/// Running `(max, sum of exp(x - max))` of a stream of values: the online
-/// logsumexp both fused paths use.
+#[inline(always)]
+fn max0(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+#[inline(always)]
+fn min0(x: f32) -> f32 {
+    if x < 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// The largest element; NaNs are skipped (they reach the sums instead), and
+/// an empty or all `-inf` row gives `-inf`.
+#[inline(always)]
+fn max(z: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = z.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    rest.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `sum_j exp(f(z_j, w_j) - shift)` over two equally long slices, in
+/// `LANES` partial sums.
+#[inline(always)]
+fn sum_exp(z: &[f32], w: &[f32], shift: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = z.chunks_exact(LANES).zip(w.chunks_exact(LANES));
+    let rest = z.len() - z.len() % LANES;
+    for (cz, cw) in chunks {
+        for ((a, &zj), &wj) in acc.iter_mut().zip(cz).zip(cw) {
+            *a += exp(f(zj, wj) - shift);
+        }
+    }
+    let tail: f32 = z[rest..].iter().zip(&w[rest..]).map(|(&zj, &wj)| exp(f(zj, wj) - shift)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `log M_j + log C_j` for the negatives of one row: `p min(0, log n_j - log
+/// n_y) + q max(0, (z_j - lse) - rel_self)`. Written as `p min(0, .)` rather
+/// than `min(0, p .)` so that `q = 0` stays 0 against a `-inf` logit.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct OnlineLse {
-    pub max: f32,
-    pub sum: f32,
+struct Adjustment {
+    p: f32,
+    q: f32,
+    log_n_y: f32,
+    /// `lse + rel_self`: `z_j` is compared with it directly.
+    threshold: f32,
 }
 
-impl OnlineLse {
-    pub(crate) const EMPTY: OnlineLse = OnlineLse {
-        max: f32::NEG_INFINITY,
-        sum: 0.0,
-    };
-
+impl Adjustment {
     #[inline(always)]
-    pub(crate) fn push(&mut self, x: f32) {
-        if x > self.max {
-            self.sum = self.sum * (self.max - x).exp() + 1.0;
-            self.max = x;
-        } else if x != f32::NEG_INFINITY {
-            // Also the NaN path: a NaN x makes the sum NaN and the result NaN.
-            // -inf contributes nothing (and would give exp(NaN) against a
-            // -inf running max).
-            self.sum += (x - self.max).exp();
+    fn new(params: &RowParams, lse: f32, z_y: f32, log_n_y: f32) -> Self {
+        let rel_self = z_y - lse;
+        let rel_self = if rel_self > params.log_eps { rel_self } else { params.log_eps };
+        Adjustment {
+            p: params.p,
+            q: params.q,
+            log_n_y,
+            threshold: lse + rel_self,
         }
     }
 
+    /// `z'_j` of a negative class.
     #[inline(always)]
-    pub(crate) fn value(&self) -> f32 {
-        self.max + self.sum.ln()
+    fn adjusted(&self, z_j: f32, log_n_j: f32) -> f32 {
+        z_j + self.p * min0(log_n_j - self.log_n_y) + self.q * max0(z_j - self.threshold)
     }
 }
 
-/// Class part of one row: returns the loss and, when `grad` is given, writes
-/// `scale * d loss / d z` into it. `label` must be in `[0, z.len())`.
-pub(crate) fn class_row(
+/// Loss pass of a class row: returns the unweighted loss and the row's
+/// stats. `label` must be in `[0, z.len())`, `log_counts` as long as `z`.
+#[inline(always)]
+pub(crate) fn class_forward(params: &RowParams, z: &[f32], label: usize, log_counts: &[f32]) -> (f32, RowStats) {
+    let m = max(z);
+    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let lse = m + sum_exp(z, z, m, |zj, _| zj).ln();
+    let z_y = z[label];
+    let adj = Adjustment::new(params, lse, z_y, log_counts[label]);
+    let sum_negatives = |shift: f32| {
+        let f = |zj: f32, nj: f32| adj.adjusted(zj, nj);
+        sum_exp(&z[..label], &log_counts[..label], shift, f)
+            + sum_exp(&z[label + 1..], &log_counts[label + 1..], shift, f)
+    };
+    let mut shift = lse + params.q * max0(m - adj.threshold);
+    let mut sum = sum_negatives(shift) + exp(z_y - shift);
+    if sum < UNDERFLOW {
+        // Only with extreme exponents: sum again against the exact maximum.
+        let exact = z
+            .iter()
+            .zip(log_counts)
+            .enumerate()
+            .map(|(j, (&zj, &nj))| if j == label { zj } else { adj.adjusted(zj, nj) })
+            .fold(f32::NEG_INFINITY, f32::max);
+        if exact > f32::NEG_INFINITY {
+            shift = exact;
+            sum = sum_negatives(shift) + exp(z_y - shift);
+        }
+    }
+    let lse_adjusted = shift + sum.ln();
+    (lse_adjusted - z_y, RowStats { lse, lse_adjusted })
+}
+
+/// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`
+/// into `grad`, recomputing `z'` from the logits and the loss pass's stats.
+#[inline(always)]
+pub(crate) fn class_grad(
     params: &RowParams,
     z: &[f32],
     label: usize,
     log_counts: &[f32],
-    grad: Option<(&mut [f32], f32)>,
-) -> f32 {
-    let mut first = OnlineLse::EMPTY;
-    for &v in z {
-        first.push(v);
-    }
-    let lse = first.value();
+    stats: RowStats,
+    scale: f32,
+    grad: &mut [f32],
+) {
     let z_y = z[label];
-    let rel_self = (z_y - lse).max(params.log_eps);
-    let log_n_y = log_counts[label];
-    let adjusted = |j: usize| -> f32 {
-        if j == label {
-            z_y
-        } else {
-            z[j] + adjustment(params, log_counts[j], log_n_y, z[j] - lse, rel_self)
-        }
-    };
-    let mut second = OnlineLse::EMPTY;
-    for j in 0..z.len() {
-        second.push(adjusted(j));
+    let adj = Adjustment::new(params, stats.lse, z_y, log_counts[label]);
+    let shift = stats.lse_adjusted;
+    for ((g, &zj), &nj) in grad.iter_mut().zip(z).zip(log_counts) {
+        *g = scale * exp(adj.adjusted(zj, nj) - shift);
     }
-    let lse_adjusted = second.value();
-    if let Some((grad, scale)) = grad {
-        for (j, g) in grad.iter_mut().enumerate() {
-            let softmax = (adjusted(j) - lse_adjusted).exp();
-            *g = scale * (softmax - if j == label { 1.0 } else { 0.0 });
-        }
-    }
-    lse_adjusted - z_y
+    grad[label] = scale * (exp(z_y - shift) - 1.0);
 }
 
-/// Objectness part of one detection row: 2-way cross-entropy of
-/// `(fg, bg)` with target `background`; writes `scale * d loss / d (fg, bg)`.
+/// Objectness part of one detection row: 2-way cross-entropy of `(fg, bg)`
+/// with target `background`; returns the loss and, when `grad` is given,
+/// writes `scale * d loss / d (fg, bg)`.
+#[inline(always)]
 pub(crate) fn objectness_row(fg: f32, bg: f32, background: bool, grad: Option<(&mut [f32], f32)>) -> f32 {
-    let mut lse = OnlineLse::EMPTY;
-    lse.push(fg);
-    lse.push(bg);
-    let lse = lse.value();
+    let m = fg.max(bg);
+    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let lse = m + ((fg - m).exp() + (bg - m).exp()).ln();
     let target = if background { bg } else { fg };
     if let Some((grad, scale)) = grad {
         grad[0] = scale * ((fg - lse).exp() - if background { 0.0 } else { 1.0 });
         grad[1] = scale * ((bg - lse).exp() - if background { 1.0 } else { 0.0 });
     }
     lse - target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm_to_two_ulp_over_the_range() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(((got - want) / want).abs() < 2.5e-7, "exp({x}) = {got}, libm {want}");
+            x += 0.0137;
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn max_skips_nan_and_handles_short_rows() {
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
+        let long: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        assert_eq!(max(&long), long.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+    }
 }

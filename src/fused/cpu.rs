@@ -1,14 +1,17 @@
 //! The CPU mirror of the kernel: the row algorithm of [`crate::math`] over
-//! row blocks on scoped threads. It is the fast CPU path and lets CI check
-//! the kernel's math without a GPU.
+//! row blocks on scoped threads, in vector code (AVX2 when the processor has
+//! it). It is the fast CPU path and lets CI check the kernel's math without a
+//! GPU.
+
+use std::ops::Range;
 
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::RowOutputs;
+use super::{LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Head;
-use crate::math::{class_row, objectness_row, RowParams};
+use crate::math::{class_forward, class_grad, objectness_row, RowParams, RowStats};
 
 /// Below this many logits one thread does the work: spawning costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -22,8 +25,9 @@ pub(crate) fn row_params(call: &Call) -> RowParams {
     }
 }
 
-/// Borrowed view of one call's host data.
-struct HostCall<'a> {
+/// A call's inputs as host slices. The tensors they borrow from are kept in
+/// `_owners`.
+struct Host<'a> {
     params: RowParams,
     logits: &'a [f32],
     labels: &'a [i64],
@@ -35,52 +39,307 @@ struct HostCall<'a> {
     loss_weight: f32,
 }
 
-pub(crate) fn rows(call: &Call) -> Result<RowOutputs> {
-    ensure!(call.scores.device() == Device::Cpu, "the CPU mirror takes CPU tensors");
-    let _guard = tch::no_grad_guard();
-    let logits = call.scores.detach().to_kind(Kind::Float).contiguous();
-    let labels = call.labels.contiguous();
-    let weights = call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous());
-    let log_counts = call.log_counts.to_kind(Kind::Float).contiguous();
-    let shape = logits.size();
-    let (n, width) = (shape[0] as usize, shape[1] as usize);
-    let detection = call.head == Head::Detection;
+/// Owned contiguous f32 / i64 copies of a call's inputs (no copy when they
+/// already are).
+struct Inputs {
+    logits: Tensor,
+    labels: Tensor,
+    weights: Option<Tensor>,
+    log_counts: Tensor,
+}
 
-    let class_loss = Tensor::zeros([n as i64], (Kind::Float, Device::Cpu));
-    let objectness_loss = Tensor::zeros([if detection { n as i64 } else { 0 }], (Kind::Float, Device::Cpu));
-    let grad = Tensor::empty([n as i64, width as i64], (Kind::Float, Device::Cpu));
-    // SAFETY: each tensor above is a contiguous CPU tensor of the kind read,
-    // kept alive until the end of this function, and its element count is
-    // the length of the slice.
-    let host = unsafe {
-        HostCall {
-            params: row_params(call),
-            logits: slice(&logits, n * width),
-            labels: slice(&labels, n),
-            weights: weights.as_ref().map(|w| slice(w, n)),
-            log_counts: slice(&log_counts, call.num_classes as usize),
-            width,
-            classes: call.num_classes as usize,
-            detection,
-            loss_weight: call.loss_weight as f32,
-        }
-    };
-    // SAFETY: fresh contiguous f32 CPU tensors of these lengths, written only
-    // through these slices while they live.
-    unsafe {
-        run_blocks(
-            &host,
-            slice_mut(&class_loss, n),
-            slice_mut(&objectness_loss, if detection { n } else { 0 }),
-            slice_mut(&grad, n * width),
-        );
+impl Inputs {
+    fn of(call: &Call) -> Result<Inputs> {
+        ensure!(call.scores.device() == Device::Cpu, "the CPU mirror takes CPU tensors");
+        Ok(Inputs {
+            logits: call.scores.detach().to_kind(Kind::Float).contiguous(),
+            labels: call.labels.contiguous(),
+            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
+            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+        })
     }
-    Ok(RowOutputs {
-        class_loss: class_loss.to_kind(call.compute_kind),
-        objectness_loss: detection.then(|| objectness_loss.to_kind(call.compute_kind)),
-        grad: grad.to_kind(call.scores.kind()),
+
+    fn host<'a>(&'a self, call: &Call) -> Host<'a> {
+        let shape = self.logits.size();
+        let (n, width) = (shape[0] as usize, shape[1] as usize);
+        // SAFETY: contiguous CPU tensors of these kinds and lengths, alive as
+        // long as `self`.
+        unsafe {
+            Host {
+                params: row_params(call),
+                logits: slice(&self.logits, n * width),
+                labels: slice(&self.labels, n),
+                weights: self.weights.as_ref().map(|w| slice(w, n)),
+                log_counts: slice(&self.log_counts, call.num_classes as usize),
+                width,
+                classes: call.num_classes as usize,
+                detection: call.head == Head::Detection,
+                loss_weight: call.loss_weight as f32,
+            }
+        }
+    }
+}
+
+impl Host<'_> {
+    fn rows(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn row(&self, r: usize) -> &[f32] {
+        &self.logits[r * self.width..(r + 1) * self.width]
+    }
+
+    /// The row's label when it is in range for the head. Labels are checked
+    /// before any pass runs; this only keeps an unchecked one from indexing
+    /// out of bounds.
+    fn label(&self, r: usize) -> Option<usize> {
+        let max = if self.detection { self.classes } else { self.classes - 1 };
+        usize::try_from(self.labels[r]).ok().filter(|&l| l <= max)
+    }
+
+    fn scale(&self, r: usize) -> f32 {
+        self.loss_weight * self.weights.map_or(1.0, |w| w[r])
+    }
+}
+
+/// Per-row upstream multipliers on the host: `value[r * stride]`, stride 0
+/// for one value shared by every row; `None` when the part is unused.
+struct HostUpstream<'a> {
+    classes: Option<(&'a [f32], usize)>,
+    objectness: Option<(&'a [f32], usize)>,
+}
+
+fn host_upstream(t: &Option<Tensor>) -> Option<(&[f32], usize)> {
+    t.as_ref().map(|t| {
+        let stride = if t.numel() == 1 { 0 } else { 1 };
+        // SAFETY: `Upstream` holds contiguous f32 CPU tensors.
+        (unsafe { slice(t, t.numel()) }, stride)
     })
 }
+
+impl HostUpstream<'_> {
+    fn at(part: Option<(&[f32], usize)>, r: usize) -> f32 {
+        part.map_or(0.0, |(v, stride)| v[r * stride])
+    }
+}
+
+/// Loss pass: unweighted losses and stats per row, no N x C output.
+pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
+    let _guard = tch::no_grad_guard();
+    let inputs = Inputs::of(call)?;
+    let host = inputs.host(call);
+    let n = host.rows();
+    let out = LossRows::zeros(n as i64, host.detection, Device::Cpu);
+    let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
+    // SAFETY: fresh contiguous f32 tensors of these lengths, written only
+    // through these pointers, each row by one thread.
+    let targets = unsafe { Targets::new(&out, Some(&stats), None) };
+    parallel_rows(n, host.width, |rows| forward_block(&host, rows, &targets));
+    Ok((out, stats))
+}
+
+/// Gradient pass: `grad[r] = upstream_r * scale_r * d loss_r / d z_r`.
+pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let inputs = Inputs::of(call)?;
+    let host = inputs.host(call);
+    let n = host.rows();
+    let stats = stats.to_kind(Kind::Float).contiguous();
+    ensure!(stats.size() == [n as i64, 2], "saved row stats have shape {:?}, expected [{n}, 2]", stats.size());
+    let stats = StatsPtr(stats.data_ptr() as *const f32);
+    let up = upstream.to_host();
+    let up = HostUpstream {
+        classes: host_upstream(&up.classes),
+        objectness: host_upstream(&up.objectness),
+    };
+    let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
+    // SAFETY: as in `forward`.
+    let targets = unsafe { Targets::new_grad(&grad) };
+    parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
+    Ok(grad.to_kind(call.scores.kind()))
+}
+
+/// Both passes back to back on each row (the row is still in cache for the
+/// second): losses, and the gradient scaled by `upstream`.
+pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(LossRows, Tensor)> {
+    let _guard = tch::no_grad_guard();
+    let inputs = Inputs::of(call)?;
+    let host = inputs.host(call);
+    let n = host.rows();
+    let up = upstream.to_host();
+    let up = HostUpstream {
+        classes: host_upstream(&up.classes),
+        objectness: host_upstream(&up.objectness),
+    };
+    let out = LossRows::zeros(n as i64, host.detection, Device::Cpu);
+    let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
+    let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
+    // SAFETY: as in `forward`.
+    let targets = unsafe { Targets::new(&out, Some(&stats), Some(&grad)) };
+    let stats_in = StatsPtr(targets.stats);
+    parallel_rows(n, host.width, |rows| {
+        // Each thread reads back only the stats of its own rows.
+        forward_block(&host, rows.clone(), &targets);
+        backward_block(&host, rows, &stats_in, &up, &targets)
+    });
+    Ok((out, grad.to_kind(call.scores.kind())))
+}
+
+/// Row stats, `[N, 2]` f32, read by row.
+struct StatsPtr(*const f32);
+
+// SAFETY: read at the rows of the reading thread only.
+unsafe impl Sync for StatsPtr {}
+
+/// Raw pointers to the outputs, shared by the threads: each writes only its
+/// own rows.
+struct Targets {
+    class_loss: *mut f32,
+    objectness_loss: *mut f32,
+    stats: *mut f32,
+    grad: *mut f32,
+}
+
+// SAFETY: the pointers are only written at disjoint rows (see `parallel_rows`).
+unsafe impl Sync for Targets {}
+
+impl Targets {
+    /// # Safety
+    /// Every tensor must be a contiguous f32 CPU tensor with the row count of
+    /// the call, alive while the `Targets` is used.
+    unsafe fn new(out: &LossRows, stats: Option<&Tensor>, grad: Option<&Tensor>) -> Targets {
+        let p = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.data_ptr() as *mut f32);
+        Targets {
+            class_loss: p(Some(&out.class_loss)),
+            objectness_loss: p(out.objectness_loss.as_ref()),
+            stats: p(stats),
+            grad: p(grad),
+        }
+    }
+
+    /// # Safety
+    /// As [`Targets::new`].
+    unsafe fn new_grad(grad: &Tensor) -> Targets {
+        Targets {
+            class_loss: std::ptr::null_mut(),
+            objectness_loss: std::ptr::null_mut(),
+            stats: std::ptr::null_mut(),
+            grad: grad.data_ptr() as *mut f32,
+        }
+    }
+
+    /// # Safety
+    /// `r` is a row of the call, owned by the calling thread.
+    unsafe fn grad_row(&self, r: usize, width: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.grad.add(r * width), width)
+    }
+}
+
+/// Splits `0..n` into one block of rows per thread (one thread for small
+/// calls) and runs `work` on each.
+fn parallel_rows(n: usize, width: usize, work: impl Fn(Range<usize>) + Sync) {
+    let threads = if n * width < PARALLEL_MIN_ELEMENTS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |t| t.get()).min(n)
+    };
+    if threads <= 1 {
+        return work(0..n);
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for start in (0..n).step_by(per) {
+            let work = &work;
+            scope.spawn(move || work(start..(start + per).min(n)));
+        }
+    });
+}
+
+/// Runs `$body` compiled for AVX2 when the processor has it, else as is: the
+/// row loops are generic code that the compiler vectorizes for the features
+/// of the function it is inlined into.
+macro_rules! with_best_features {
+    ($name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the processor has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+with_best_features!(forward_block(host: &Host, rows: Range<usize>, targets: &Targets) {
+    let c = host.classes;
+    for r in rows {
+        let z = host.row(r);
+        let (loss, stats, objectness) = match host.label(r) {
+            None => (f32::NAN, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN }, f32::NAN),
+            Some(label) => {
+                let (loss, stats) = if label < c {
+                    class_forward(&host.params, &z[..c], label, host.log_counts)
+                } else {
+                    (0.0, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN })
+                };
+                let objectness = if host.detection { objectness_row(z[c], z[c + 1], label == c, None) } else { 0.0 };
+                (loss, stats, objectness)
+            }
+        };
+        // SAFETY: row r belongs to this thread; the pointers are valid for
+        // the call's rows (`Targets::new`).
+        unsafe {
+            *targets.class_loss.add(r) = loss;
+            if host.detection {
+                *targets.objectness_loss.add(r) = objectness;
+            }
+            if !targets.stats.is_null() {
+                *targets.stats.add(2 * r) = stats.lse;
+                *targets.stats.add(2 * r + 1) = stats.lse_adjusted;
+            }
+        }
+    }
+});
+
+with_best_features!(backward_block(
+    host: &Host,
+    rows: Range<usize>,
+    stats: &StatsPtr,
+    up: &HostUpstream,
+    targets: &Targets
+) {
+    let c = host.classes;
+    for r in rows {
+        let z = host.row(r);
+        // SAFETY: row r belongs to this thread.
+        let g = unsafe { targets.grad_row(r, host.width) };
+        let Some(label) = host.label(r) else {
+            g.fill(0.0);
+            continue;
+        };
+        let scale = host.scale(r);
+        let (g_cls, g_obj) = g.split_at_mut(c);
+        // SAFETY: row r of the [N, 2] stats, written before this read.
+        let row_stats = unsafe { RowStats { lse: *stats.0.add(2 * r), lse_adjusted: *stats.0.add(2 * r + 1) } };
+        let class_scale = scale * HostUpstream::at(up.classes, r);
+        if label < c {
+            class_grad(&host.params, &z[..c], label, host.log_counts, row_stats, class_scale, g_cls);
+        } else {
+            g_cls.fill(0.0);
+        }
+        if host.detection {
+            let obj_scale = scale * HostUpstream::at(up.objectness, r);
+            objectness_row(z[c], z[c + 1], label == c, Some((g_obj, obj_scale)));
+        }
+    }
+});
 
 /// # Safety
 /// `t` must be a contiguous CPU tensor of `len` elements of type `T`.
@@ -89,82 +348,4 @@ unsafe fn slice<T>(t: &Tensor, len: usize) -> &[T] {
         return &[];
     }
     std::slice::from_raw_parts(t.data_ptr() as *const T, len)
-}
-
-/// # Safety
-/// `t` must be a contiguous CPU tensor of `len` elements of type `T` that
-/// nothing else reads or writes while the slice lives.
-#[allow(clippy::mut_from_ref)]
-unsafe fn slice_mut<T>(t: &Tensor, len: usize) -> &mut [T] {
-    if len == 0 {
-        return &mut [];
-    }
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, len)
-}
-
-/// Splits the rows into one block per thread.
-fn run_blocks(host: &HostCall, class_loss: &mut [f32], objectness_loss: &mut [f32], grad: &mut [f32]) {
-    let n = class_loss.len();
-    let threads = if n * host.width < PARALLEL_MIN_ELEMENTS {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |t| t.get()).min(n)
-    };
-    let rows_per_block = n.div_ceil(threads.max(1)).max(1);
-    let obj_chunk = if host.detection { rows_per_block } else { 0 };
-    let mut obj_blocks: Vec<&mut [f32]> = if host.detection {
-        objectness_loss.chunks_mut(obj_chunk).collect()
-    } else {
-        Vec::new()
-    };
-    obj_blocks.resize_with(n.div_ceil(rows_per_block), Default::default);
-    std::thread::scope(|scope| {
-        let blocks = class_loss
-            .chunks_mut(rows_per_block)
-            .zip(grad.chunks_mut(rows_per_block * host.width))
-            .zip(obj_blocks)
-            .enumerate();
-        for (b, ((cls, g), obj)) in blocks {
-            let first = b * rows_per_block;
-            if threads == 1 {
-                run_rows(host, first, cls, obj, g);
-            } else {
-                scope.spawn(move || run_rows(host, first, cls, obj, g));
-            }
-        }
-    });
-}
-
-/// The per-row work; the kernel's thread-block body does the same.
-fn run_rows(host: &HostCall, first: usize, class_loss: &mut [f32], objectness_loss: &mut [f32], grad: &mut [f32]) {
-    let c = host.classes;
-    for (i, loss) in class_loss.iter_mut().enumerate() {
-        let row = first + i;
-        let z = &host.logits[row * host.width..(row + 1) * host.width];
-        let g = &mut grad[i * host.width..(i + 1) * host.width];
-        let label = host.labels[row];
-        let scale = host.loss_weight * host.weights.map_or(1.0, |w| w[row]);
-        let max_label = if host.detection { c as i64 } else { c as i64 - 1 };
-        if !(0..=max_label).contains(&label) {
-            // Labels are checked before any pass runs; this guard only keeps
-            // an unchecked label from indexing out of bounds.
-            *loss = f32::NAN;
-            if host.detection {
-                objectness_loss[i] = f32::NAN;
-            }
-            g.fill(0.0);
-            continue;
-        }
-        let label = label as usize;
-        let (g_cls, g_obj) = g.split_at_mut(c);
-        *loss = if label < c {
-            class_row(&host.params, &z[..c], label, host.log_counts, Some((g_cls, scale)))
-        } else {
-            g_cls.fill(0.0);
-            0.0
-        };
-        if host.detection {
-            objectness_loss[i] = objectness_row(z[c], z[c + 1], label == c, Some((g_obj, scale)));
-        }
-    }
 }

@@ -20,7 +20,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 use once_cell::sync::Lazy;
 use tch::{Device, Kind, Tensor};
 
-use super::RowOutputs;
+use super::{LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Head;
 
@@ -61,7 +61,7 @@ pub(crate) fn unavailable_reason() -> Option<String> {
 ///
 /// ```no_run
 /// let ptx = seesaw_loss::cuda::compile_ptx(90).unwrap();
-/// assert!(ptx.to_src().contains("seesaw_fused_f32"));
+/// assert!(ptx.to_src().contains("seesaw_forward_f32"));
 /// ```
 pub fn compile_ptx(arch: u32) -> Result<Ptx> {
     if !nvrtc_available() {
@@ -86,13 +86,31 @@ pub fn compile_ptx(arch: u32) -> Result<Ptx> {
     })
 }
 
+/// The three row kernels of one storage kind.
+struct RowKernels {
+    forward: CudaFunction,
+    backward: CudaFunction,
+    fused: CudaFunction,
+}
+
 /// The loaded module of one device.
 struct DeviceKernels {
     stream: Arc<CudaStream>,
-    fused_f32: CudaFunction,
-    fused_f16: CudaFunction,
-    fused_bf16: CudaFunction,
+    f32: RowKernels,
+    f16: RowKernels,
+    bf16: RowKernels,
     count: CudaFunction,
+}
+
+impl DeviceKernels {
+    fn for_kind(&self, kind: Kind) -> Result<&RowKernels> {
+        Ok(match kind {
+            Kind::Float => &self.f32,
+            Kind::Half => &self.f16,
+            Kind::BFloat16 => &self.bf16,
+            other => bail!("the fused kernels take f32, f16 or bf16, got {other:?}"),
+        })
+    }
 }
 
 // SAFETY: cudarc's handles are plain driver handles used from any thread;
@@ -115,11 +133,18 @@ fn kernels(ordinal: usize) -> Result<Arc<DeviceKernels>> {
     let ptx = compile_ptx((major * 10 + minor) as u32)?;
     let module = ctx.load_module(ptx).context("loading the seesaw kernels")?;
     let load = |name: &str| module.load_function(name).with_context(|| format!("kernel {name}"));
+    let row_kernels = |suffix: &str| -> Result<RowKernels> {
+        Ok(RowKernels {
+            forward: load(&format!("seesaw_forward_{suffix}"))?,
+            backward: load(&format!("seesaw_backward_{suffix}"))?,
+            fused: load(&format!("seesaw_fused_{suffix}"))?,
+        })
+    };
     let k = Arc::new(DeviceKernels {
         stream: ctx.default_stream(),
-        fused_f32: load("seesaw_fused_f32")?,
-        fused_f16: load("seesaw_fused_f16")?,
-        fused_bf16: load("seesaw_fused_bf16")?,
+        f32: row_kernels("f32")?,
+        f16: row_kernels("f16")?,
+        bf16: row_kernels("bf16")?,
         count: load("seesaw_count")?,
     });
     cache.insert(ordinal, k.clone());
@@ -167,89 +192,241 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Runs the fused kernel over every row of the call.
-pub(crate) fn rows(call: &Call) -> Result<RowOutputs> {
-    let _guard = tch::no_grad_guard();
-    let device = call.scores.device();
-    let k = kernels(ordinal(device)?)?;
-    let scores = call.scores.detach();
-    // Rows may be strided; columns must be adjacent.
-    let scores = if scores.size()[1] > 1 && scores.stride()[1] != 1 {
-        scores.contiguous()
-    } else {
-        scores
-    };
-    let (n, width) = (scores.size()[0], scores.size()[1]);
-    let detection = call.head == Head::Detection;
-    let labels = call.labels.contiguous();
-    let weights = call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous());
-    let log_counts = call.log_counts.to_kind(Kind::Float).contiguous();
-    let grad = Tensor::empty([n, width], (scores.kind(), device));
-    let class_loss = Tensor::empty([n], (Kind::Float, device));
-    let obj_loss = detection.then(|| Tensor::empty([n], (Kind::Float, device)));
-    if *POISON_OUTPUTS {
-        // Test aid: an element the kernel fails to write stays NaN.
-        for t in [&grad, &class_loss].into_iter().chain(obj_loss.as_ref()) {
-            let _ = t.shallow_clone().fill_(f64::NAN);
-        }
-    }
-    if n > 0 {
-        let function = match scores.kind() {
-            Kind::Float => &k.fused_f32,
-            Kind::Half => &k.fused_f16,
-            Kind::BFloat16 => &k.fused_bf16,
-            other => bail!("the fused kernel takes f32, f16 or bf16, got {other:?}"),
+/// A call's device inputs in the layout the kernels take.
+struct Launch {
+    k: Arc<DeviceKernels>,
+    scores: Tensor,
+    row_stride: i64,
+    labels: Tensor,
+    weights: Option<Tensor>,
+    log_counts: Tensor,
+    n: i64,
+    width: i64,
+    classes: i32,
+    detection: i32,
+    p: f32,
+    q: f32,
+    log_eps: f32,
+    loss_weight: f32,
+}
+
+impl Launch {
+    fn of(call: &Call) -> Result<Launch> {
+        let device = call.scores.device();
+        let k = kernels(ordinal(device)?)?;
+        let scores = call.scores.detach();
+        // Rows may be strided; columns must be adjacent.
+        let scores = if scores.size()[1] > 1 && scores.stride()[1] != 1 {
+            scores.contiguous()
+        } else {
+            scores
         };
-        let row_stride = if n > 1 { scores.stride()[0] } else { width };
-        let args = (
-            ptr(&scores),
-            ptr(&grad),
-            ptr(&labels),
-            weights.as_ref().map_or(0, ptr),
-            ptr(&log_counts),
-            ptr(&class_loss),
-            obj_loss.as_ref().map_or(0, ptr),
-        );
-        let (c, det) = (call.num_classes as i32, detection as i32);
-        let (p, q, log_eps, lw) = (
-            call.p as f32,
-            call.q as f32,
-            (call.eps as f32).ln(),
-            call.loss_weight as f32,
-        );
+        let (n, width) = (scores.size()[0], scores.size()[1]);
+        Ok(Launch {
+            k,
+            row_stride: if n > 1 { scores.stride()[0] } else { width },
+            scores,
+            labels: call.labels.contiguous(),
+            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
+            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+            n,
+            width,
+            classes: call.num_classes as i32,
+            detection: (call.head == Head::Detection) as i32,
+            p: call.p as f32,
+            q: call.q as f32,
+            log_eps: (call.eps as f32).ln(),
+            loss_weight: call.loss_weight as f32,
+        })
+    }
+
+    fn device(&self) -> Device {
+        self.scores.device()
+    }
+
+    fn config(&self) -> Result<LaunchConfig> {
         let blocks =
-            u32::try_from((n as u64).div_ceil(ROWS_PER_BLOCK as u64)).context("too many rows for one launch")?;
-        let cfg = LaunchConfig {
+            u32::try_from((self.n as u64).div_ceil(ROWS_PER_BLOCK as u64)).context("too many rows for one launch")?;
+        Ok(LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
             shared_mem_bytes: 0,
-        };
-        let mut launch = k.stream.launch_builder(function);
-        launch
-            .arg(&args.0)
-            .arg(&row_stride)
-            .arg(&args.1)
-            .arg(&args.2)
-            .arg(&args.3)
-            .arg(&args.4)
-            .arg(&args.5)
-            .arg(&args.6)
-            .arg(&n)
-            .arg(&c)
-            .arg(&det)
-            .arg(&p)
-            .arg(&q)
-            .arg(&log_eps)
-            .arg(&lw);
-        // SAFETY: every pointer is a live device tensor on this device with the
-        // shape the kernel's contract names; the tensors outlive the launch's
-        // stream order because libtorch's allocator reuses memory only in
-        // stream order on the same (null) stream.
-        unsafe { launch.launch(cfg) }.context("launching seesaw_fused")?;
+        })
     }
-    Ok(RowOutputs {
-        class_loss: class_loss.to_kind(call.compute_kind),
-        objectness_loss: obj_loss.map(|l| l.to_kind(call.compute_kind)),
-        grad,
-    })
+
+    fn kernels(&self) -> Result<&RowKernels> {
+        self.k.for_kind(self.scores.kind())
+    }
+
+    fn loss_rows(&self) -> LossRows {
+        let device = self.device();
+        let rows = LossRows {
+            class_loss: Tensor::empty([self.n], (Kind::Float, device)),
+            objectness_loss: (self.detection != 0).then(|| Tensor::empty([self.n], (Kind::Float, device))),
+        };
+        poison([&rows.class_loss].into_iter().chain(rows.objectness_loss.as_ref()));
+        rows
+    }
+
+    fn grad(&self) -> Tensor {
+        let grad = Tensor::empty([self.n, self.width], (self.scores.kind(), self.device()));
+        poison([&grad]);
+        grad
+    }
+}
+
+/// Test aid (`SEESAW_POISON_OUTPUTS=1`): an element a kernel fails to write
+/// stays NaN.
+fn poison<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
+    if *POISON_OUTPUTS {
+        for t in tensors {
+            let _ = t.shallow_clone().fill_(f64::NAN);
+        }
+    }
+}
+
+/// Device pointers and strides of the upstream multipliers (null: unused).
+struct DeviceUpstream {
+    _owners: Vec<Tensor>,
+    classes: (u64, i64),
+    objectness: (u64, i64),
+}
+
+fn device_upstream(upstream: &Upstream, device: Device) -> DeviceUpstream {
+    let mut owners = Vec::new();
+    let mut one = |t: &Option<Tensor>| match t {
+        None => (0u64, 0i64),
+        Some(t) => {
+            let t = t.to_device(device).to_kind(Kind::Float).contiguous().view([-1]);
+            let stride = if t.numel() == 1 { 0 } else { 1 };
+            let p = ptr(&t);
+            owners.push(t);
+            (p, stride)
+        }
+    };
+    let classes = one(&upstream.classes);
+    let objectness = one(&upstream.objectness);
+    DeviceUpstream {
+        _owners: owners,
+        classes,
+        objectness,
+    }
+}
+
+// SAFETY (for the launches below): every pointer is a live device tensor on
+// this device with the shape the kernel's contract names (kernels/seesaw.cu);
+// the tensors outlive the launch in stream order because libtorch's caching
+// allocator reuses memory only in stream order on the same (null) stream.
+
+/// The loss pass over every row: unweighted losses and `[N, 2]` row stats.
+pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
+    let _guard = tch::no_grad_guard();
+    let l = Launch::of(call)?;
+    let rows = l.loss_rows();
+    let stats = Tensor::empty([l.n, 2], (Kind::Float, l.device()));
+    poison([&stats]);
+    if l.n > 0 {
+        let (scores, labels, log_counts) = (ptr(&l.scores), ptr(&l.labels), ptr(&l.log_counts));
+        let (class_loss, obj_loss, stats_ptr) = (
+            ptr(&rows.class_loss),
+            rows.objectness_loss.as_ref().map_or(0, ptr),
+            ptr(&stats),
+        );
+        let mut launch = l.k.stream.launch_builder(&l.kernels()?.forward);
+        launch
+            .arg(&scores)
+            .arg(&l.row_stride)
+            .arg(&labels)
+            .arg(&log_counts)
+            .arg(&class_loss)
+            .arg(&obj_loss)
+            .arg(&stats_ptr)
+            .arg(&l.n)
+            .arg(&l.classes)
+            .arg(&l.detection)
+            .arg(&l.p)
+            .arg(&l.q)
+            .arg(&l.log_eps);
+        // SAFETY: see above.
+        unsafe { launch.launch(l.config()?) }.context("launching seesaw_forward")?;
+    }
+    Ok((rows, stats))
+}
+
+/// The gradient pass over every row, from the loss pass's stats.
+pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let l = Launch::of(call)?;
+    let grad = l.grad();
+    let stats = stats.to_kind(Kind::Float).contiguous();
+    if stats.size() != [l.n, 2] {
+        bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n);
+    }
+    let up = device_upstream(upstream, l.device());
+    if l.n > 0 {
+        let (scores, grad_ptr, labels) = (ptr(&l.scores), ptr(&grad), ptr(&l.labels));
+        let (weights, log_counts, stats_ptr) = (l.weights.as_ref().map_or(0, ptr), ptr(&l.log_counts), ptr(&stats));
+        let mut launch = l.k.stream.launch_builder(&l.kernels()?.backward);
+        launch
+            .arg(&scores)
+            .arg(&l.row_stride)
+            .arg(&grad_ptr)
+            .arg(&labels)
+            .arg(&weights)
+            .arg(&log_counts)
+            .arg(&stats_ptr)
+            .arg(&up.classes.0)
+            .arg(&up.classes.1)
+            .arg(&up.objectness.0)
+            .arg(&up.objectness.1)
+            .arg(&l.n)
+            .arg(&l.classes)
+            .arg(&l.detection)
+            .arg(&l.p)
+            .arg(&l.q)
+            .arg(&l.log_eps)
+            .arg(&l.loss_weight);
+        // SAFETY: see above.
+        unsafe { launch.launch(l.config()?) }.context("launching seesaw_backward")?;
+    }
+    Ok(grad)
+}
+
+/// Both passes in one launch: unweighted losses and the gradient scaled by
+/// `upstream`.
+pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(LossRows, Tensor)> {
+    let _guard = tch::no_grad_guard();
+    let l = Launch::of(call)?;
+    let rows = l.loss_rows();
+    let grad = l.grad();
+    let up = device_upstream(upstream, l.device());
+    if l.n > 0 {
+        let (scores, grad_ptr, labels) = (ptr(&l.scores), ptr(&grad), ptr(&l.labels));
+        let (weights, log_counts) = (l.weights.as_ref().map_or(0, ptr), ptr(&l.log_counts));
+        let (class_loss, obj_loss) = (ptr(&rows.class_loss), rows.objectness_loss.as_ref().map_or(0, ptr));
+        let mut launch = l.k.stream.launch_builder(&l.kernels()?.fused);
+        launch
+            .arg(&scores)
+            .arg(&l.row_stride)
+            .arg(&grad_ptr)
+            .arg(&labels)
+            .arg(&weights)
+            .arg(&log_counts)
+            .arg(&class_loss)
+            .arg(&obj_loss)
+            .arg(&up.classes.0)
+            .arg(&up.classes.1)
+            .arg(&up.objectness.0)
+            .arg(&up.objectness.1)
+            .arg(&l.n)
+            .arg(&l.classes)
+            .arg(&l.detection)
+            .arg(&l.p)
+            .arg(&l.q)
+            .arg(&l.log_eps)
+            .arg(&l.loss_weight);
+        // SAFETY: see above.
+        unsafe { launch.launch(l.config()?) }.context("launching seesaw_fused")?;
+    }
+    Ok((rows, grad))
 }

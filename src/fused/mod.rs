@@ -1,10 +1,15 @@
-//! The fused paths: one pass per row computes the loss and the gradient
-//! together ([`crate::math`]). [`cpu`] runs the row algorithm on CPU threads;
-//! [`cuda`] launches `kernels/seesaw.cu` through cudarc.
+//! The fused paths: the row algorithm of [`crate::math`] as a CUDA kernel
+//! ([`cuda`]) or on CPU threads ([`cpu`]), in two shapes:
 //!
-//! Both produce [`RowOutputs`]; [`assemble`] turns them into the loss's
-//! outputs with autograd attached through a surrogate term whose gradient is
-//! the precomputed one.
+//! - through the autograd node ([`crate::autograd`]): forward computes the
+//!   losses and two statistics per row, backward recomputes the adjusted
+//!   softmax and writes the gradient times the upstream gradient; nothing
+//!   N x C lives between them;
+//! - [`forward_backward`]: both passes at once, for callers that want the
+//!   loss and the gradient without autograd.
+//!
+//! Weights, `loss_weight` and the reduction are O(N) work done here with
+//! libtorch operations, so both backends only deal with rows.
 
 pub(crate) mod cpu;
 pub mod cuda;
@@ -15,15 +20,43 @@ use tch::{Device, Kind, Tensor};
 use crate::call::{Call, Parts};
 use crate::config::{Head, Reduction};
 
-/// What a fused pass writes.
-pub(crate) struct RowOutputs {
-    /// `[N]` f32, unweighted class loss per row; 0 for background rows.
+/// Unweighted losses per row, as the row passes write them.
+pub(crate) struct LossRows {
+    /// `[N]` f32; 0 for background rows.
     pub class_loss: Tensor,
-    /// `[N]` f32, unweighted objectness loss per row (detection only).
+    /// `[N]` f32 (detection only).
     pub objectness_loss: Option<Tensor>,
-    /// `[N, W]` in the scores' kind: `weight_r * loss_weight * d loss_r / d z`,
-    /// class and objectness columns together.
-    pub grad: Tensor,
+}
+
+impl LossRows {
+    pub(crate) fn zeros(n: i64, detection: bool, device: Device) -> LossRows {
+        LossRows {
+            class_loss: Tensor::zeros([n], (Kind::Float, device)),
+            objectness_loss: detection.then(|| Tensor::zeros([n], (Kind::Float, device))),
+        }
+    }
+}
+
+/// What multiplies each row's gradient besides its weight and `loss_weight`:
+/// f32 tensors of `[N]` values or of one value shared by all rows, on the
+/// scores' device. `None`: that part does not reach the loss.
+pub(crate) struct Upstream {
+    pub classes: Option<Tensor>,
+    pub objectness: Option<Tensor>,
+}
+
+impl Upstream {
+    /// Contiguous f32 copies on the CPU.
+    pub(crate) fn to_host(&self) -> Upstream {
+        let host = |t: &Option<Tensor>| {
+            t.as_ref()
+                .map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]))
+        };
+        Upstream {
+            classes: host(&self.classes),
+            objectness: host(&self.objectness),
+        }
+    }
 }
 
 /// Why the fused path cannot take a call, or `None` when it can.
@@ -41,75 +74,128 @@ pub(crate) fn unsupported(scores: &Tensor) -> Option<String> {
     }
 }
 
-/// Runs the fused pass for the scores' device and assembles the outputs.
+/// The loss through the autograd node: what `SeesawLoss::forward` returns on
+/// the fused path.
 pub(crate) fn forward(call: &Call) -> Result<Parts> {
-    let rows = match call.scores.device() {
-        Device::Cpu => cpu::rows(call)?,
-        Device::Cuda(_) => cuda::rows(call)?,
-        other => bail!("no fused path for scores on {other:?}"),
-    };
-    Ok(assemble(call, rows))
+    let (classes, objectness) = crate::autograd::apply(call)?;
+    Ok(Parts {
+        classes: select_positive(call, classes),
+        objectness,
+    })
 }
 
-/// Builds the reduced outputs from per-row values and the gradient.
-///
-/// Each output row is `value_r + (l_r - detach(l_r))` with
-/// `l_r = sum_j z_rj * G_rj`: its value is the fused loss and its gradient
-/// with respect to the scores is `G` times whatever upstream gradient
-/// autograd brings, for any reduction. The mean divisor is applied to the
-/// reduced scalar, so the gradient tensor is never rescaled.
-fn assemble(call: &Call, rows: RowOutputs) -> Parts {
-    let kind = call.compute_kind;
-    let c = call.num_classes;
-    let product = &call.scores * &rows.grad;
-    let link = |start: i64, len: i64| {
-        let l = product.narrow(1, start, len).sum_dim_intlist(1, false, kind);
-        &l - l.detach()
+/// Loss pass of the node's forward: the reduced parts (per row for
+/// [`Reduction::None`]) and the row stats its backward needs.
+pub(crate) fn node_forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    let (rows, stats) = match call.scores.device() {
+        Device::Cpu => cpu::forward(call)?,
+        Device::Cuda(_) => cuda::forward(call)?,
+        other => bail!("no fused path for scores on {other:?}"),
     };
-    let scale = |loss: &Tensor| {
-        let scaled = loss * call.loss_weight;
+    let (classes, objectness) = reduce(call, rows);
+    Ok((classes, objectness, stats))
+}
+
+/// Gradient pass of the node's backward. `g_classes` / `g_objectness` are
+/// the upstream gradients of the node's outputs (`None` when an output did not
+/// reach the loss).
+pub(crate) fn node_backward(
+    call: &Call,
+    stats: &Tensor,
+    g_classes: Option<Tensor>,
+    g_objectness: Option<Tensor>,
+) -> Result<Tensor> {
+    let (class_scale, objectness_scale) = mean_scales(call);
+    let upstream = Upstream {
+        classes: g_classes.map(|g| g.to_kind(Kind::Float) * class_scale),
+        objectness: g_objectness.map(|g| g.to_kind(Kind::Float) * objectness_scale),
+    };
+    match call.scores.device() {
+        Device::Cpu => cpu::backward(call, stats, &upstream),
+        Device::Cuda(_) => cuda::backward(call, stats, &upstream),
+        other => bail!("no fused path for scores on {other:?}"),
+    }
+}
+
+/// The loss (detached) and the gradient of its total with respect to the
+/// scores, from one fused pass.
+pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
+    let (class_scale, objectness_scale) = mean_scales(call);
+    let upstream = Upstream {
+        classes: Some(class_scale),
+        objectness: (call.head == Head::Detection).then_some(objectness_scale),
+    };
+    let (rows, grad) = match call.scores.device() {
+        Device::Cpu => cpu::forward_backward(call, &upstream)?,
+        Device::Cuda(_) => cuda::forward_backward(call, &upstream)?,
+        other => bail!("no fused path for scores on {other:?}"),
+    };
+    let (classes, objectness) = reduce(call, rows);
+    Ok((
+        Parts {
+            classes: select_positive(call, classes),
+            objectness,
+        },
+        grad,
+    ))
+}
+
+/// Applies weights, `loss_weight` and the reduction to per-row losses. With
+/// [`Reduction::None`] the class part keeps every row (background rows hold
+/// 0); [`select_positive`] drops them.
+fn reduce(call: &Call, rows: LossRows) -> (Tensor, Option<Tensor>) {
+    let kind = call.compute_kind;
+    let weigh = |loss: Tensor| {
+        let scaled = loss.to_kind(kind) * call.loss_weight;
         match &call.weights {
             Some(w) => scaled * w,
             None => scaled,
         }
     };
-    let classes_rows = scale(&rows.class_loss) + link(0, c);
-    let classes = match call.head {
-        Head::Classification => reduce_rows(classes_rows, call.reduction, call.avg_factor, None),
-        Head::Detection => {
-            let positive = call.labels.lt(c);
-            if call.reduction == Reduction::None {
-                // The one place a host read is forced: the output's length is
-                // the number of positive rows.
-                classes_rows.index_select(0, &positive.nonzero().squeeze_dim(1))
-            } else {
-                // Background rows hold 0 in both terms, so summing every row
-                // is summing the positive ones.
-                reduce_rows(classes_rows, call.reduction, call.avg_factor, Some(&positive))
-            }
-        }
+    let (class_scale, objectness_scale) = mean_scales(call);
+    let finish = |rows: Tensor, scale: Tensor| match call.reduction {
+        Reduction::None => rows,
+        Reduction::Sum => rows.sum(kind),
+        Reduction::Mean => rows.sum(kind) * scale.to_kind(kind),
     };
-    let objectness = rows.objectness_loss.map(|loss| {
-        let obj_rows = scale(&loss) + link(c, 2);
-        reduce_rows(obj_rows, call.reduction, call.avg_factor, None)
-    });
-    Parts { classes, objectness }
+    let classes = finish(weigh(rows.class_loss), class_scale);
+    let objectness = rows.objectness_loss.map(|l| finish(weigh(l), objectness_scale));
+    (classes, objectness)
 }
 
-/// Sum, mean or none over rows whose weights are already applied. `counted`
-/// marks the rows a mean divides by (all rows when `None`); the count stays on
-/// the device.
-fn reduce_rows(rows: Tensor, reduction: Reduction, avg_factor: Option<f64>, counted: Option<&Tensor>) -> Tensor {
-    match reduction {
-        Reduction::None => rows,
-        Reduction::Sum => rows.sum(rows.kind()),
-        Reduction::Mean => {
-            let sum = rows.sum(rows.kind());
-            match (avg_factor, counted) {
-                (Some(avg), _) => sum / (avg + f32::EPSILON as f64),
-                (None, None) => sum / rows.size()[0].max(1) as f64,
-                (None, Some(mask)) => sum / mask.sum(rows.kind()).clamp_min(1.0),
-            }
+/// The factor a [`Reduction::Mean`] sum is multiplied by, per part (1 for the
+/// other reductions), as 0-dim f32 tensors on the scores' device: one over
+/// `avg_factor + f32::EPSILON` when given, else over the part's row count
+/// (positive rows of a detection head's class part, counted on the device).
+fn mean_scales(call: &Call) -> (Tensor, Tensor) {
+    let device = call.scores.device();
+    let scalar = |v: f64| Tensor::from(v as f32).to_device(device);
+    if call.reduction != Reduction::Mean {
+        return (scalar(1.0), scalar(1.0));
+    }
+    if let Some(avg) = call.avg_factor {
+        let s = 1.0 / (avg + f32::EPSILON as f64);
+        return (scalar(s), scalar(s));
+    }
+    let all = scalar(1.0 / call.labels.size()[0].max(1) as f64);
+    let classes = match call.head {
+        Head::Classification => all.copy(),
+        Head::Detection => {
+            let _guard = tch::no_grad_guard();
+            call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0).reciprocal()
         }
+    };
+    (classes, all)
+}
+
+/// [`Reduction::None`] on the detection head: one class-loss entry per
+/// positive row. The one host read the semantics force: the output's length
+/// is the number of positive rows.
+fn select_positive(call: &Call, classes: Tensor) -> Tensor {
+    if call.head == Head::Detection && call.reduction == Reduction::None {
+        let positive = call.labels.lt(call.num_classes).nonzero().squeeze_dim(1);
+        classes.index_select(0, &positive)
+    } else {
+        classes
     }
 }
