@@ -49,7 +49,10 @@ fn main() {
 }
 
 fn compile_shim(lib: &std::path::Path) {
-    let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
+    let include = lib
+        .parent()
+        .expect("libtorch's lib folder has a parent")
+        .join("include");
     // PyTorch's wheels since 2.7 use the C++11 ABI; torch-sys defaults to it too.
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
     cc::Build::new()

@@ -10,11 +10,14 @@
 // Between the two the node keeps the logits (which autograd holds anyway),
 // the labels, weights, log counts and O(N) statistics.
 //
+// It also lends the CPU mirror libtorch's thread pool (seesaw_parallel_for).
+//
 // Tensors cross the boundary as heap-allocated at::Tensor handles, the
 // representation tch uses: each handle passed to Rust is owned by Rust, each
 // handle Rust returns is owned here. Errors come back as text and are thrown
 // as c10::Error, so they surface as errors of forward or of backward().
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -161,4 +164,11 @@ extern "C" int seesaw_autograd_apply(const SeesawShimCall* call, const at::Tenso
         copy_message(e.what(), err);
     }
     return 1;
+}
+
+// Runs f(ctx, begin, end) over chunks of [0, n) on libtorch's intra-op thread
+// pool, so that the CPU mirror shares threads with the rest of the step
+// instead of competing with them. f must not unwind (the Rust side catches).
+extern "C" void seesaw_parallel_for(int64_t n, int64_t grain, void (*f)(void*, int64_t, int64_t), void* ctx) {
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { f(ctx, begin, end); });
 }

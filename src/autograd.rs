@@ -255,8 +255,13 @@ unsafe extern "C" fn backward_callback(
     grad: *mut *mut C_tensor,
     err: *mut c_char,
 ) -> c_int {
-    let (scores, labels, weights, log_counts, saved) =
-        (owned(scores), owned(labels), owned(weights), owned(log_counts), owned(saved));
+    let (scores, labels, weights, log_counts, saved) = (
+        owned(scores),
+        owned(labels),
+        owned(weights),
+        owned(log_counts),
+        owned(saved),
+    );
     let (g_classes, g_objectness) = (owned(g_classes), owned(g_objectness));
     let shim_call = *call;
     guarded(err, move || {

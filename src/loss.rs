@@ -162,14 +162,21 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
         reduction: Reduction,
     ) -> Result<SeesawOutput> {
-        self.run(cls_score, labels, label_weights, avg_factor, reduction, |call, fused| {
-            let parts = if fused {
-                fused::forward(call)?
-            } else {
-                reference::forward(call)
-            };
-            Ok(SeesawOutput::from(parts))
-        })
+        self.run(
+            cls_score,
+            labels,
+            label_weights,
+            avg_factor,
+            reduction,
+            |call, fused| {
+                let parts = if fused {
+                    fused::forward(call)?
+                } else {
+                    reference::forward(call)
+                };
+                Ok(SeesawOutput::from(parts))
+            },
+        )
     }
 
     /// The loss and its gradient in one go, without autograd: returns the
@@ -205,14 +212,21 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
     ) -> Result<(SeesawOutput, Tensor)> {
         let reduction = self.config.reduction;
-        self.run(cls_score, labels, label_weights, avg_factor, reduction, |call, fused| {
-            let (parts, grad) = if fused {
-                fused::forward_backward(call)?
-            } else {
-                reference_forward_backward(call)?
-            };
-            Ok((SeesawOutput::from(parts), grad))
-        })
+        self.run(
+            cls_score,
+            labels,
+            label_weights,
+            avg_factor,
+            reduction,
+            |call, fused| {
+                let (parts, grad) = if fused {
+                    fused::forward_backward(call)?
+                } else {
+                    reference_forward_backward(call)?
+                };
+                Ok((SeesawOutput::from(parts), grad))
+            },
+        )
     }
 
     /// One call in the order of the type's documentation: checks (an error

@@ -96,12 +96,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LOW: f32 = -87.336_55;
     const HIGH: f32 = 88.0;
-    let clamped = if x < LOW { LOW } else if x > HIGH { HIGH } else { x };
+    let clamped = x.clamp(LOW, HIGH); // NaN stays NaN
     let t = clamped * LOG2E + ROUND;
     let k = t - ROUND;
     let r = clamped - k * LN2_HI - k * LN2_LO;
-    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
+    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65)
         * r
         + 0.5;
     let e_r = poly * r * r + r + 1.0;
@@ -143,7 +142,9 @@ fn max(z: &[f32]) -> f32 {
             *a = if v > *a { v } else { *a };
         }
     }
-    rest.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    rest.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// `sum_j exp(f(z_j, w_j) - shift)` over two equally long slices, in
@@ -158,7 +159,11 @@ fn sum_exp(z: &[f32], w: &[f32], shift: f32, f: impl Fn(f32, f32) -> f32) -> f32
             *a += exp(f(zj, wj) - shift);
         }
     }
-    let tail: f32 = z[rest..].iter().zip(&w[rest..]).map(|(&zj, &wj)| exp(f(zj, wj) - shift)).sum();
+    let tail: f32 = z[rest..]
+        .iter()
+        .zip(&w[rest..])
+        .map(|(&zj, &wj)| exp(f(zj, wj) - shift))
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -178,7 +183,11 @@ impl Adjustment {
     #[inline(always)]
     fn new(params: &RowParams, lse: f32, z_y: f32, log_n_y: f32) -> Self {
         let rel_self = z_y - lse;
-        let rel_self = if rel_self > params.log_eps { rel_self } else { params.log_eps };
+        let rel_self = if rel_self > params.log_eps {
+            rel_self
+        } else {
+            params.log_eps
+        };
         Adjustment {
             p: params.p,
             q: params.q,
@@ -194,6 +203,18 @@ impl Adjustment {
     }
 }
 
+/// `sum_j exp(z'_j - shift)` of a row: the negatives on either side of the
+/// label, then the label's own term. A function rather than a closure so that
+/// it is always inlined into the vector-compiled caller.
+#[inline(always)]
+fn adjusted_sum(adj: &Adjustment, z: &[f32], label: usize, log_counts: &[f32], shift: f32) -> f32 {
+    let below = sum_exp(&z[..label], &log_counts[..label], shift, |zj, nj| adj.adjusted(zj, nj));
+    let above = sum_exp(&z[label + 1..], &log_counts[label + 1..], shift, |zj, nj| {
+        adj.adjusted(zj, nj)
+    });
+    below + above + exp(z[label] - shift)
+}
+
 /// Loss pass of a class row: returns the unweighted loss and the row's
 /// stats. `label` must be in `[0, z.len())`, `log_counts` as long as `z`.
 #[inline(always)]
@@ -203,13 +224,8 @@ pub(crate) fn class_forward(params: &RowParams, z: &[f32], label: usize, log_cou
     let lse = m + sum_exp(z, z, m, |zj, _| zj).ln();
     let z_y = z[label];
     let adj = Adjustment::new(params, lse, z_y, log_counts[label]);
-    let sum_negatives = |shift: f32| {
-        let f = |zj: f32, nj: f32| adj.adjusted(zj, nj);
-        sum_exp(&z[..label], &log_counts[..label], shift, f)
-            + sum_exp(&z[label + 1..], &log_counts[label + 1..], shift, f)
-    };
     let mut shift = lse + params.q * max0(m - adj.threshold);
-    let mut sum = sum_negatives(shift) + exp(z_y - shift);
+    let mut sum = adjusted_sum(&adj, z, label, log_counts, shift);
     if sum < UNDERFLOW {
         // Only with extreme exponents: sum again against the exact maximum.
         let exact = z
@@ -220,7 +236,7 @@ pub(crate) fn class_forward(params: &RowParams, z: &[f32], label: usize, log_cou
             .fold(f32::NEG_INFINITY, f32::max);
         if exact > f32::NEG_INFINITY {
             shift = exact;
-            sum = sum_negatives(shift) + exp(z_y - shift);
+            sum = adjusted_sum(&adj, z, label, log_counts, shift);
         }
     }
     let lse_adjusted = shift + sum.ln();

@@ -25,9 +25,16 @@ fn config(detection: bool, backend: Backend) -> SeesawConfig {
 /// A fused loss and a reference loss with identical counts.
 fn pair(detection: bool, reduction: Reduction) -> (nn::VarStore, SeesawLoss, SeesawLoss) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let fused = SeesawLoss::new(vs.root() / "fused", config(detection, Backend::Fused).reduction(reduction)).unwrap();
-    let reference =
-        SeesawLoss::new(vs.root() / "reference", config(detection, Backend::Reference).reduction(reduction)).unwrap();
+    let fused = SeesawLoss::new(
+        vs.root() / "fused",
+        config(detection, Backend::Fused).reduction(reduction),
+    )
+    .unwrap();
+    let reference = SeesawLoss::new(
+        vs.root() / "reference",
+        config(detection, Backend::Reference).reduction(reduction),
+    )
+    .unwrap();
     (vs, fused, reference)
 }
 
@@ -48,7 +55,11 @@ fn grad_of(x: &Tensor) -> Tensor {
 }
 
 /// `build` turns a loss output into the scalar that is differentiated.
-fn assert_same_gradient(detection: bool, reduction: Reduction, build: impl Fn(&seesaw_loss::SeesawOutput, &Tensor) -> Tensor) {
+fn assert_same_gradient(
+    detection: bool,
+    reduction: Reduction,
+    build: impl Fn(&seesaw_loss::SeesawOutput, &Tensor) -> Tensor,
+) {
     let (_vs, mut fused, mut reference) = pair(detection, reduction);
     let (scores, labels, weights) = inputs(detection, 3);
     let (a, b) = (leaf(&scores), leaf(&scores));
@@ -57,7 +68,10 @@ fn assert_same_gradient(detection: bool, reduction: Reduction, build: impl Fn(&s
     build(&out_a, &a).backward();
     build(&out_b, &b).backward();
     let err = rel_err(&grad_of(&a), &grad_of(&b));
-    assert!(err < 1e-5, "{reduction:?}, detection {detection}: gradient rel err {err:e}");
+    assert!(
+        err < 1e-5,
+        "{reduction:?}, detection {detection}: gradient rel err {err:e}"
+    );
 }
 
 #[test]
@@ -80,7 +94,7 @@ fn reduction_none_takes_an_arbitrary_upstream_vector_per_part() {
             let mut total = (&out.classes * v).sum(Kind::Float);
             if let Some(obj) = &out.objectness {
                 let u = Tensor::linspace(1.0, -1.5, obj.size()[0], (Kind::Float, Device::Cpu));
-                total = total + (obj * u).sum(Kind::Float);
+                total += (obj * u).sum(Kind::Float);
             }
             total
         });
@@ -99,8 +113,16 @@ fn gradients_accumulate_into_grad_over_two_steps() {
     let (scores, labels, weights) = inputs(true, 5);
     let (a, b) = (leaf(&scores), leaf(&scores));
     for _ in 0..2 {
-        fused.forward(&a, &labels, Some(&weights), None).unwrap().total().backward();
-        reference.forward(&b, &labels, Some(&weights), None).unwrap().total().backward();
+        fused
+            .forward(&a, &labels, Some(&weights), None)
+            .unwrap()
+            .total()
+            .backward();
+        reference
+            .forward(&b, &labels, Some(&weights), None)
+            .unwrap()
+            .total()
+            .backward();
     }
     let err = rel_err(&grad_of(&a), &grad_of(&b));
     assert!(err < 1e-5, "accumulated gradient rel err {err:e}");
@@ -114,10 +136,15 @@ fn retain_graph_allows_a_second_backward_and_without_it_libtorch_refuses() {
     let total = fused.forward(&x, &labels, None, None).unwrap().total();
     Tensor::f_run_backward(&[&total], &[&x], true, false).unwrap();
     let first = Tensor::f_run_backward(&[&total], &[&x], true, false).unwrap().remove(0);
-    let second = Tensor::f_run_backward(&[&total], &[&x], false, false).unwrap().remove(0);
+    let second = Tensor::f_run_backward(&[&total], &[&x], false, false)
+        .unwrap()
+        .remove(0);
     assert!(rel_err(&first.to_kind(Kind::Double), &second.to_kind(Kind::Double)) == 0.0);
     let err = Tensor::f_run_backward(&[&total], &[&x], false, false).unwrap_err();
-    assert!(err.to_string().contains("backward through the graph a second time"), "{err}");
+    assert!(
+        err.to_string().contains("backward through the graph a second time"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -184,7 +211,9 @@ fn forward_backward_matches_autograd_on_both_backends() {
                 out.total().backward();
                 for loss in [&mut fused, &mut reference] {
                     let backend = loss.config().get_backend();
-                    let (got, grad) = loss.forward_backward(&scores, &labels, Some(&weights), avg_factor).unwrap();
+                    let (got, grad) = loss
+                        .forward_backward(&scores, &labels, Some(&weights), avg_factor)
+                        .unwrap();
                     let what = format!("{backend:?} {reduction:?} det {detection} avg {avg_factor:?}");
                     assert!(!got.total().requires_grad(), "{what}: outputs carry a graph");
                     // The reference counted the batch once more than `fused`

@@ -117,3 +117,38 @@ fn backward_on_the_autograd_thread_reaches_the_scores() {
     (out.total() * 3.0).backward();
     assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
+
+#[test]
+fn node_and_forward_backward_match_the_reference_on_the_gpu() {
+    let Some(dev) = cuda() else { return };
+    for detection in [false, true] {
+        let (c, n) = (1203, 4096);
+        let width = if detection { c + 2 } else { c };
+        let config = |b: Backend| {
+            if detection {
+                SeesawConfig::detection(c).backend(b)
+            } else {
+                SeesawConfig::classification(c).backend(b)
+            }
+        };
+        let vs = nn::VarStore::new(dev);
+        let mut fused = SeesawLoss::new(vs.root() / "f", config(Backend::Fused)).unwrap();
+        let mut fb = SeesawLoss::new(vs.root() / "fb", config(Backend::Fused)).unwrap();
+        let mut reference = SeesawLoss::new(vs.root() / "r", config(Backend::Reference)).unwrap();
+        let scores = random_scores(n, width, 31).to_kind(Kind::Float).to_device(dev);
+        let labels = random_labels(n, if detection { c + 1 } else { c }, 32).to_device(dev);
+        let (a, b) = (
+            scores.detach().copy().set_requires_grad(true),
+            scores.detach().copy().set_requires_grad(true),
+        );
+        // An upstream gradient other than 1, through the node.
+        (fused.forward(&a, &labels, None, None).unwrap().total() * 2.5).backward();
+        (reference.forward(&b, &labels, None, None).unwrap().total() * 2.5).backward();
+        let e = rel_err(&a.grad().to_kind(Kind::Double), &b.grad().to_kind(Kind::Double));
+        assert!(e < 1e-5, "node gradient rel err {e:e} (detection {detection})");
+        let (out, grad) = fb.forward_backward(&scores, &labels, None, None).unwrap();
+        let e = rel_err(&(grad * 2.5).to_kind(Kind::Double), &b.grad().to_kind(Kind::Double));
+        assert!(e < 1e-5, "forward_backward gradient rel err {e:e} (detection {detection})");
+        assert!(out.total().double_value(&[]).is_finite());
+    }
+}

@@ -13,7 +13,7 @@ use crate::call::Call;
 use crate::config::Head;
 use crate::math::{class_forward, class_grad, objectness_row, RowParams, RowStats};
 
-/// Below this many logits one thread does the work: spawning costs more.
+/// The fewest logits a thread gets: below this, handing out work costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// The call's constants for [`crate::math`].
@@ -145,7 +145,11 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let host = inputs.host(call);
     let n = host.rows();
     let stats = stats.to_kind(Kind::Float).contiguous();
-    ensure!(stats.size() == [n as i64, 2], "saved row stats have shape {:?}, expected [{n}, 2]", stats.size());
+    ensure!(
+        stats.size() == [n as i64, 2],
+        "saved row stats have shape {:?}, expected [{n}, 2]",
+        stats.size()
+    );
     let stats = StatsPtr(stats.data_ptr() as *const f32);
     let up = upstream.to_host();
     let up = HostUpstream {
@@ -230,29 +234,62 @@ impl Targets {
 
     /// # Safety
     /// `r` is a row of the call, owned by the calling thread.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn grad_row(&self, r: usize, width: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.grad.add(r * width), width)
     }
 }
 
-/// Splits `0..n` into one block of rows per thread (one thread for small
-/// calls) and runs `work` on each.
-fn parallel_rows(n: usize, width: usize, work: impl Fn(Range<usize>) + Sync) {
-    let threads = if n * width < PARALLEL_MIN_ELEMENTS {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |t| t.get()).min(n)
-    };
-    if threads <= 1 {
-        return work(0..n);
+extern "C" {
+    fn seesaw_parallel_for(
+        n: i64,
+        grain: i64,
+        f: unsafe extern "C" fn(*mut std::ffi::c_void, i64, i64),
+        ctx: *mut std::ffi::c_void,
+    );
+}
+
+/// Runs `work` over blocks of `0..n` on libtorch's intra-op thread pool
+/// (`at::parallel_for`, through the shim): the threads that just ran the
+/// model's matrix products, rather than new ones competing with them. Blocks
+/// hold at least `PARALLEL_MIN_ELEMENTS` logits. A panic in `work` is caught
+/// on the worker and raised again here, never unwinding through C++.
+fn parallel_rows<W: Fn(Range<usize>) + Sync>(n: usize, width: usize, work: W) {
+    if n == 0 {
+        return;
     }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for start in (0..n).step_by(per) {
-            let work = &work;
-            scope.spawn(move || work(start..(start + per).min(n)));
+    struct Job<'a, F> {
+        work: &'a F,
+        panic: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    }
+    unsafe extern "C" fn trampoline<F: Fn(Range<usize>) + Sync>(ctx: *mut std::ffi::c_void, begin: i64, end: i64) {
+        // SAFETY: `ctx` is the `Job` below, alive for the whole parallel_for.
+        let job = unsafe { &*(ctx as *const Job<F>) };
+        let run = std::panic::AssertUnwindSafe(|| (job.work)(begin as usize..end as usize));
+        if let Err(payload) = std::panic::catch_unwind(run) {
+            if let Ok(mut slot) = job.panic.lock() {
+                slot.get_or_insert(payload);
+            }
         }
-    });
+    }
+    let job = Job {
+        work: &work,
+        panic: std::sync::Mutex::new(None),
+    };
+    let grain = PARALLEL_MIN_ELEMENTS.div_ceil(width.max(1)).max(1);
+    // SAFETY: the trampoline matches the job's type and the job outlives the
+    // call, which returns only when every chunk has run.
+    unsafe {
+        seesaw_parallel_for(
+            n as i64,
+            grain as i64,
+            trampoline::<W>,
+            &job as *const Job<W> as *mut std::ffi::c_void,
+        )
+    };
+    if let Some(payload) = job.panic.into_inner().ok().flatten() {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// Runs `$body` compiled for AVX2 when the processor has it, else as is: the

@@ -182,7 +182,11 @@ fn mean_scales(call: &Call) -> (Tensor, Tensor) {
         Head::Classification => all.copy(),
         Head::Detection => {
             let _guard = tch::no_grad_guard();
-            call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0).reciprocal()
+            call.labels
+                .lt(call.num_classes)
+                .sum(Kind::Float)
+                .clamp_min(1.0)
+                .reciprocal()
         }
     };
     (classes, all)
