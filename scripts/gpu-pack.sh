@@ -4,22 +4,32 @@
 # has PyTorch 2.11.0 but no Rust toolchain. With the device tool:
 #   scripts/gpu-pack.sh            # here
 #   run: bash gpu-pack/run.sh      # there, carry ["gpu-pack"]
+# run.sh runs the tests, the sanitizers, the GPU benchmark (and its memory
+# mode), the criterion CUDA groups and the Python peer: about 10 minutes; to
+# split it over two calls, run the test part and the bench part separately
+# (their commands are the two halves of run.sh).
 # Results land in $OUT (or gpu-pack/out when $OUT is unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
 seesaw_libtorch_env
 rm -rf gpu-pack && mkdir -p gpu-pack
-# Test binaries: the GPU tests and the NVRTC check.
-cargo test --release --no-run --test gpu --test kernel_source --message-format=json 2>/dev/null |
+# Test binaries (the GPU tests, the NVRTC check, the autograd node) and the
+# benchmark binaries (benches/gpu.rs, benches/seesaw.rs), plus the Python peer.
+{
+    cargo test --release --no-run --test gpu --test kernel_source --test autograd --message-format=json
+    cargo bench --no-run --bench gpu --bench seesaw --message-format=json
+} 2>/dev/null |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        shutil.copy(m["executable"], "gpu-pack/" + m["target"]["name"])
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"]):
+        prefix = "bench-" if m["target"]["kind"] == ["bench"] else ""
+        shutil.copy(m["executable"], "gpu-pack/" + prefix + m["target"]["name"])
 '
 for f in gpu-pack/*; do strip --strip-debug "$f"; done
+cp benches/peer/seesaw_peer.py gpu-pack/
 cat > gpu-pack/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the packed binaries on a GPU machine with PyTorch 2.11.0 in
@@ -34,7 +44,7 @@ out="${OUT:-$here/out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 status=0
-for t in kernel_source gpu; do
+for t in kernel_source gpu autograd; do
     echo "== $t" | tee -a "$out/tests.txt"
     "$here/$t" --test-threads=1 2>&1 | tee -a "$out/tests.txt" || status=1
 done
@@ -43,6 +53,13 @@ for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --print-limit 20 "$here/gpu" --test-threads=1 \
         counts_update kernel_handles out_of_range backward_on 2>&1 | tail -20 | tee -a "$out/sanitizer.txt" || status=1
 done
+echo "== benches/gpu.rs" | tee "$out/bench-gpu.txt"
+"$here/bench-gpu" 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$here/bench-gpu" --memory 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
+echo "== criterion, CUDA groups" | tee "$out/bench-criterion.txt"
+"$here/bench-seesaw" --bench "/cuda/" 2>&1 | grep -E "^(step|forward)|time:|thrpt:" | tee -a "$out/bench-criterion.txt" || status=1
+echo "== Python peer (eager, torch.compile)" | tee "$out/peer.txt"
+"$venv/bin/python" "$here/seesaw_peer.py" --device cuda 2>&1 | tee -a "$out/peer.txt" || status=1
 exit $status
 RUN
 chmod +x gpu-pack/run.sh
