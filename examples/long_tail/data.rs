@@ -84,7 +84,11 @@ fn log_uniform(count: i64, low: i64, high: i64) -> Vec<i64> {
     let u = Tensor::rand([count], (Kind::Double, Device::Cpu));
     let (lo, hi) = ((low as f64).ln(), ((high + 1) as f64).ln());
     let v = (u * (hi - lo) + lo).exp().floor().clamp(low as f64, high as f64);
-    Vec::<f64>::try_from(v).expect("a 1-D double tensor").into_iter().map(|x| x as i64).collect()
+    Vec::<f64>::try_from(v)
+        .expect("a 1-D double tensor")
+        .into_iter()
+        .map(|x| x as i64)
+        .collect()
 }
 
 fn training_counts() -> Vec<i64> {

@@ -22,8 +22,7 @@ use std::path::PathBuf;
 use tch::Device;
 use train::{LossKind, RunResult, Schedule};
 
-const USAGE: &str =
-    "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --json PATH, --plot PATH";
+const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --json PATH, --plot PATH";
 
 struct Options {
     schedule: Schedule,
@@ -40,7 +39,7 @@ fn number(value: Option<String>, flag: &str) -> Result<i64> {
 
 fn parse_options() -> Result<Options> {
     let mut device = None;
-    let (mut epochs, mut seed, mut hidden) = (6, 0, 256);
+    let (mut epochs, mut seed, mut hidden) = (20, 0, 256);
     let (mut json, mut plot) = (None::<PathBuf>, None::<PathBuf>);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,7 +77,7 @@ fn parse_options() -> Result<Options> {
             epochs,
             hidden,
             seed,
-            device: device.unwrap_or_else(|| Device::cuda_if_available()),
+            device: device.unwrap_or_else(Device::cuda_if_available),
         },
         json,
         plot,
@@ -134,9 +133,17 @@ fn main() -> Result<()> {
     println!("\n{:<18} {:>9} {:>9}", "test accuracy", "CE", "Seesaw");
     for g in Group::ALL {
         let mean = |r: &RunResult| 100.0 * data.group_mean(&r.per_class, g);
-        println!("{:<18} {:>8.1}% {:>8.1}%", g.label(), mean(&runs[0].1), mean(&runs[1].1));
+        println!(
+            "{:<18} {:>8.1}% {:>8.1}%",
+            g.label(),
+            mean(&runs[0].1),
+            mean(&runs[1].1)
+        );
     }
-    println!("{:<18} {:>7.2}ms {:>7.2}ms", "time per step", runs[0].1.step_ms, runs[1].1.step_ms);
+    println!(
+        "{:<18} {:>7.2}ms {:>7.2}ms",
+        "time per step", runs[0].1.step_ms, runs[1].1.step_ms
+    );
 
     let series: Vec<plot::Series> = runs
         .iter()
@@ -147,7 +154,10 @@ fn main() -> Result<()> {
             per_class: &r.per_class,
         })
         .collect();
-    let title = format!("Per-class test accuracy, {CLASSES} LVIS-shaped classes (seed {})", s.seed);
+    let title = format!(
+        "Per-class test accuracy, {CLASSES} LVIS-shaped classes (seed {})",
+        s.seed
+    );
     write_file(&options.plot, &plot::svg(&title, &data.train_counts, &series))?;
     println!("\nplot: {}", options.plot.display());
     if let Some(path) = &options.json {

@@ -38,7 +38,9 @@ impl Axes {
 fn binned(counts: &[i64], per_class: &[f64], log_max: f64) -> Vec<(f64, f64)> {
     let mut sums = vec![(0.0, 0.0, 0usize); BINS];
     for (&n, &a) in counts.iter().zip(per_class) {
-        let b = (((n as f64).log10() / log_max) * BINS as f64).floor().min(BINS as f64 - 1.0) as usize;
+        let b = (((n as f64).log10() / log_max) * BINS as f64)
+            .floor()
+            .min(BINS as f64 - 1.0) as usize;
         sums[b].0 += (n as f64).log10();
         sums[b].1 += a;
         sums[b].2 += 1;

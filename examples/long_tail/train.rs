@@ -106,7 +106,12 @@ pub fn run(data: &DataSet, loss: LossKind, schedule: &Schedule) -> Result<RunRes
         train_time += start.elapsed();
         // Reading the last loss back is outside the timed region: it forces a sync.
         if let Some(v) = last {
-            bar.set_message(format!("epoch {}/{} loss {:.3}", epoch + 1, schedule.epochs, v.double_value(&[])));
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.3}",
+                epoch + 1,
+                schedule.epochs,
+                v.double_value(&[])
+            ));
         }
     }
     bar.finish();
