@@ -59,6 +59,7 @@ pub struct SeesawConfig {
     pub(crate) loss_weight: f64,
     pub(crate) reduction: Reduction,
     pub(crate) backend: Backend,
+    pub(crate) device_checks_on_host: bool,
 }
 
 impl SeesawConfig {
@@ -72,6 +73,7 @@ impl SeesawConfig {
             loss_weight: 1.0,
             reduction: Reduction::Mean,
             backend: Backend::Auto,
+            device_checks_on_host: true,
         }
     }
 
@@ -164,6 +166,31 @@ impl SeesawConfig {
     pub fn backend(mut self, b: Backend) -> Self {
         self.backend = b;
         self
+    }
+
+    /// Whether calls on the CUDA kernel read the label range and the counts'
+    /// health back to the host to report bad values as errors (default
+    /// `true`). That read is the one host synchronization of a call; with
+    /// `false`, a fused CUDA step runs with none (except `Reduction::None` on
+    /// the detection head, whose output length is the number of positive
+    /// rows). Without the check an out-of-range label cannot fault: the
+    /// kernel gives its row a NaN loss and a zero gradient and the count
+    /// update skips it, so the loss turns NaN rather than an error reporting
+    /// it. CPU calls and the reference path always check (on the CPU the read
+    /// costs nothing; libtorch's own ops on CUDA would fault on a bad index).
+    ///
+    /// ```
+    /// let config = seesaw_loss::SeesawConfig::detection(1203).device_checks_on_host(false);
+    /// assert!(!config.get_device_checks_on_host());
+    /// ```
+    pub fn device_checks_on_host(mut self, check: bool) -> Self {
+        self.device_checks_on_host = check;
+        self
+    }
+
+    /// See [`device_checks_on_host`](SeesawConfig::device_checks_on_host).
+    pub fn get_device_checks_on_host(&self) -> bool {
+        self.device_checks_on_host
     }
 
     /// The head this configuration describes.

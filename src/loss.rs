@@ -254,15 +254,18 @@ impl SeesawLoss {
         if use_fused && device != Device::Cpu {
             fused::cuda::prepare(device)?;
         }
-        let report = inputs::inspect(&labels, Some(self.counts.raw()))?;
-        inputs::check_label_range(config, report.label_range)?;
-        if report.bad_counts {
-            bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
+        let on_kernel = use_fused && device != Device::Cpu;
+        if config.device_checks_on_host || !on_kernel {
+            let report = inputs::inspect(&labels, Some(self.counts.raw()))?;
+            inputs::check_label_range(config, report.label_range)?;
+            if report.bad_counts {
+                bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
+            }
         }
 
         // From here on the inputs are known good: the counts take the batch.
         self.counts.normalize();
-        if use_fused && device != Device::Cpu {
+        if on_kernel {
             fused::cuda::add_counts(self.counts.raw(), &labels)?;
         } else {
             self.counts.add(&labels);

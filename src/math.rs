@@ -56,6 +56,24 @@
 //! overflow; it could only underflow if every term were below f32's range
 //! (mitigation exponents far beyond the defaults), and then the row is summed
 //! again against its exact maximum. The kernel does the same per warp.
+//!
+//! # The CPU loss pass with one exponential per logit
+//!
+//! On the CPU the exponentials are the cost, so [`class_forward_powered`]
+//! evaluates the same `logsumexp(z')` with one `exp` per logit instead of
+//! two. Writing `e_j = exp(z_j - m)` (kept from the `lse` pass),
+//!
+//! ```text
+//! exp(z'_j - m) = e_j * M_j * C_j
+//! M_j = min(1, P_j / P_y),  P_j = exp(p (log n_j - max log n))   (per call)
+//! C_j = max(1, (e_j * exp(m - threshold))^q)                       (q in {0, 1, 2})
+//! ```
+//!
+//! so `logsumexp(z') = m + log(e_y + sum_{j != y} e_j M_j C_j)`, all products.
+//! [`PoweredCounts::new`] takes this path only where nothing can overflow or
+//! underflow: `q` in {0, 1, 2}, `q * -log(eps) <= 60` (so `C_j <= e^60`) and
+//! `p * (max log n - min log n) <= 60` (so `M_j >= e^-60`); the defaults
+//! qualify. Other calls use [`class_forward`].
 
 /// Constants of one call, shared by every row.
 #[derive(Clone, Copy, Debug)]
@@ -243,6 +261,118 @@ pub(crate) fn class_forward(params: &RowParams, z: &[f32], label: usize, log_cou
     (lse_adjusted - z_y, RowStats { lse, lse_adjusted })
 }
 
+/// Per-call constants of [`class_forward_powered`]: `P_j` for every class and
+/// how to raise to `q`.
+pub(crate) struct PoweredCounts {
+    powered: Vec<f32>,
+    q: PowerOfQ,
+}
+
+#[derive(Clone, Copy)]
+enum PowerOfQ {
+    Zero,
+    One,
+    Two,
+}
+
+impl PoweredCounts {
+    /// `None` when the call's exponents leave the safe range (module
+    /// documentation); the caller then uses [`class_forward`].
+    pub(crate) fn new(params: &RowParams, log_counts: &[f32]) -> Option<PoweredCounts> {
+        const LIMIT: f32 = 60.0;
+        let q = if params.q == 0.0 {
+            PowerOfQ::Zero
+        } else if params.q == 1.0 {
+            PowerOfQ::One
+        } else if params.q == 2.0 {
+            PowerOfQ::Two
+        } else {
+            return None;
+        };
+        if params.q * -params.log_eps > LIMIT {
+            return None;
+        }
+        let hi = log_counts.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lo = log_counts.iter().cloned().fold(f32::INFINITY, f32::min);
+        let spread = params.p * (hi - lo);
+        if spread.is_nan() || spread > LIMIT {
+            return None;
+        }
+        let powered = log_counts.iter().map(|&l| (params.p * (l - hi)).exp()).collect();
+        Some(PoweredCounts { powered, q })
+    }
+}
+
+/// `sum_j e_j * min(1, P_j / P_y) * max(1, (e_j k)^q)` over two equally long
+/// slices, in `LANES` partial sums.
+#[inline(always)]
+fn powered_sum(e: &[f32], powered: &[f32], inv_p_y: f32, k: f32, q: PowerOfQ) -> f32 {
+    let term = |ej: f32, pj: f32| {
+        let m = pj * inv_p_y;
+        let m = if m < 1.0 { m } else { 1.0 };
+        let c = match q {
+            PowerOfQ::Zero => 1.0,
+            PowerOfQ::One => ej * k,
+            PowerOfQ::Two => (ej * k) * (ej * k),
+        };
+        let c = if c > 1.0 { c } else { 1.0 };
+        ej * m * c
+    };
+    let mut acc = [0.0f32; LANES];
+    let rest = e.len() - e.len() % LANES;
+    for (ce, cp) in e.chunks_exact(LANES).zip(powered.chunks_exact(LANES)) {
+        for ((a, &ej), &pj) in acc.iter_mut().zip(ce).zip(cp) {
+            *a += term(ej, pj);
+        }
+    }
+    let tail: f32 = e[rest..]
+        .iter()
+        .zip(&powered[rest..])
+        .map(|(&ej, &pj)| term(ej, pj))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`class_forward`] with one exponential per logit (module documentation,
+/// "The CPU loss pass with one exponential per logit"). `scratch` is at least
+/// as long as `z`.
+#[inline(always)]
+pub(crate) fn class_forward_powered(
+    params: &RowParams,
+    powered: &PoweredCounts,
+    z: &[f32],
+    label: usize,
+    scratch: &mut [f32],
+) -> (f32, RowStats) {
+    let m = max(z);
+    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let e = &mut scratch[..z.len()];
+    let mut acc = [0.0f32; LANES];
+    let rest = z.len() - z.len() % LANES;
+    for (cz, ce) in z.chunks_exact(LANES).zip(e.chunks_exact_mut(LANES)) {
+        for ((a, &zj), ej) in acc.iter_mut().zip(cz).zip(ce) {
+            *ej = exp(zj - m);
+            *a += *ej;
+        }
+    }
+    let mut tail = 0.0;
+    for (&zj, ej) in z[rest..].iter().zip(&mut e[rest..]) {
+        *ej = exp(zj - m);
+        tail += *ej;
+    }
+    let lse = m + (acc.iter().sum::<f32>() + tail).ln();
+    let z_y = z[label];
+    let adj = Adjustment::new(params, lse, z_y, 0.0);
+    let k = exp(m - adj.threshold);
+    let p = &powered.powered;
+    let inv_p_y = 1.0 / p[label];
+    let sum = powered_sum(&e[..label], &p[..label], inv_p_y, k, powered.q)
+        + powered_sum(&e[label + 1..], &p[label + 1..], inv_p_y, k, powered.q)
+        + e[label];
+    let lse_adjusted = m + sum.ln();
+    (lse_adjusted - z_y, RowStats { lse, lse_adjusted })
+}
+
 /// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`
 /// into `grad`, recomputing `z'` from the logits and the loss pass's stats.
 #[inline(always)]
@@ -296,6 +426,44 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn powered_loss_pass_matches_the_exponential_one() {
+        let c = 1203;
+        let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
+        for (p, q) in [(0.8, 2.0), (0.0, 2.0), (0.8, 0.0), (1.3, 1.0)] {
+            let params = RowParams {
+                p,
+                q,
+                log_eps: (1e-2f32).ln(),
+            };
+            let powered = PoweredCounts::new(&params, &log_counts).expect("safe exponents");
+            let mut scratch = vec![0.0; c];
+            for row in 0..50 {
+                let z: Vec<f32> = (0..c).map(|j| ((j * 31 + row * 17) % 97) as f32 * 0.13 - 6.0).collect();
+                let label = (row * 131) % c;
+                let (a, sa) = class_forward(&params, &z, label, &log_counts);
+                let (b, sb) = class_forward_powered(&params, &powered, &z, label, &mut scratch);
+                assert!(
+                    (a - b).abs() <= 2e-6 * a.abs().max(1.0),
+                    "p {p} q {q} row {row}: {a} vs {b}"
+                );
+                assert!((sa.lse - sb.lse).abs() < 1e-5 && (sa.lse_adjusted - sb.lse_adjusted).abs() < 1e-5);
+            }
+        }
+        let general = RowParams {
+            p: 0.8,
+            q: 1.5,
+            log_eps: (1e-2f32).ln(),
+        };
+        assert!(PoweredCounts::new(&general, &log_counts).is_none());
+        let steep = RowParams {
+            p: 9.0,
+            q: 2.0,
+            log_eps: (1e-2f32).ln(),
+        };
+        assert!(PoweredCounts::new(&steep, &log_counts).is_none());
     }
 
     #[test]

@@ -209,3 +209,19 @@ fn accuracy_and_activation_check_their_inputs() {
         .unwrap_err();
     assert!(err.to_string().contains("found label 9"), "{err}");
 }
+
+#[test]
+fn cpu_calls_check_labels_even_without_host_checks() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), det().device_checks_on_host(false)).unwrap();
+    let err = loss
+        .forward(
+            &zeros(&[2, 5], Kind::Float),
+            &Tensor::from_slice(&[0i64, 4]),
+            None,
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("found label 4"), "{err}");
+    assert_eq!(Vec::<i64>::try_from(loss.cum_samples()).unwrap(), [0, 0, 0, 0]);
+}

@@ -148,7 +148,35 @@ fn node_and_forward_backward_match_the_reference_on_the_gpu() {
         assert!(e < 1e-5, "node gradient rel err {e:e} (detection {detection})");
         let (out, grad) = fb.forward_backward(&scores, &labels, None, None).unwrap();
         let e = rel_err(&(grad * 2.5).to_kind(Kind::Double), &b.grad().to_kind(Kind::Double));
-        assert!(e < 1e-5, "forward_backward gradient rel err {e:e} (detection {detection})");
+        assert!(
+            e < 1e-5,
+            "forward_backward gradient rel err {e:e} (detection {detection})"
+        );
         assert!(out.total().double_value(&[]).is_finite());
     }
+}
+
+#[test]
+fn without_host_checks_bad_labels_give_nan_rows_not_faults() {
+    let Some(dev) = cuda() else { return };
+    let vs = nn::VarStore::new(dev);
+    let config = SeesawConfig::detection(3).device_checks_on_host(false);
+    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let scores = Tensor::randn([4, 5], (Kind::Float, dev)).set_requires_grad(true);
+    let labels = Tensor::from_slice(&[0i64, 9, 3, -1]).to_device(dev);
+    let out = loss
+        .forward_with_reduction(&scores, &labels, None, None, seesaw_loss::Reduction::Sum)
+        .unwrap();
+    assert!(out.total().double_value(&[]).is_nan());
+    out.total().backward();
+    let grad = scores.grad().to_device(Device::Cpu);
+    // Rows 1 and 3 (bad labels) get a zero gradient; the kernel never faults.
+    assert_eq!(grad.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(grad.get(3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    // Only the good labels were counted.
+    assert_eq!(
+        Vec::<i64>::try_from(loss.cum_samples().to_device(Device::Cpu)).unwrap(),
+        [1, 0, 0, 1]
+    );
+    tch::Cuda::synchronize(0);
 }

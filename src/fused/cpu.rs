@@ -11,7 +11,9 @@ use tch::{Device, Kind, Tensor};
 use super::{LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Head;
-use crate::math::{class_forward, class_grad, objectness_row, RowParams, RowStats};
+use crate::math::{
+    class_forward, class_forward_powered, class_grad, objectness_row, PoweredCounts, RowParams, RowStats,
+};
 
 /// The fewest logits a thread gets: below this, handing out work costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -37,6 +39,8 @@ struct Host<'a> {
     classes: usize,
     detection: bool,
     loss_weight: f32,
+    /// The one-exponential loss pass's constants, when the call allows it.
+    powered: Option<PoweredCounts>,
 }
 
 /// Owned contiguous f32 / i64 copies of a call's inputs (no copy when they
@@ -64,17 +68,20 @@ impl Inputs {
         let (n, width) = (shape[0] as usize, shape[1] as usize);
         // SAFETY: contiguous CPU tensors of these kinds and lengths, alive as
         // long as `self`.
+        let params = row_params(call);
+        let log_counts = unsafe { slice(&self.log_counts, call.num_classes as usize) };
         unsafe {
             Host {
-                params: row_params(call),
+                params,
                 logits: slice(&self.logits, n * width),
                 labels: slice(&self.labels, n),
                 weights: self.weights.as_ref().map(|w| slice(w, n)),
-                log_counts: slice(&self.log_counts, call.num_classes as usize),
+                log_counts,
                 width,
                 classes: call.num_classes as usize,
                 detection: call.head == Head::Detection,
                 loss_weight: call.loss_weight as f32,
+                powered: PoweredCounts::new(&params, log_counts),
             }
         }
     }
@@ -316,13 +323,17 @@ macro_rules! with_best_features {
 
 with_best_features!(forward_block(host: &Host, rows: Range<usize>, targets: &Targets) {
     let c = host.classes;
+    let mut scratch = vec![0.0f32; if host.powered.is_some() { c } else { 0 }];
     for r in rows {
         let z = host.row(r);
         let (loss, stats, objectness) = match host.label(r) {
             None => (f32::NAN, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN }, f32::NAN),
             Some(label) => {
                 let (loss, stats) = if label < c {
-                    class_forward(&host.params, &z[..c], label, host.log_counts)
+                    match &host.powered {
+                        Some(powered) => class_forward_powered(&host.params, powered, &z[..c], label, &mut scratch),
+                        None => class_forward(&host.params, &z[..c], label, host.log_counts),
+                    }
                 } else {
                     (0.0, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN })
                 };

@@ -169,7 +169,9 @@ fn reduce(call: &Call, rows: LossRows) -> (Tensor, Option<Tensor>) {
 /// (positive rows of a detection head's class part, counted on the device).
 fn mean_scales(call: &Call) -> (Tensor, Tensor) {
     let device = call.scores.device();
-    let scalar = |v: f64| Tensor::from(v as f32).to_device(device);
+    // Filled on the device: a host-to-device copy of a scalar would make the
+    // host wait for the stream.
+    let scalar = |v: f64| Tensor::full([], v, (Kind::Float, device));
     if call.reduction != Reduction::Mean {
         return (scalar(1.0), scalar(1.0));
     }
