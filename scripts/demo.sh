@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the long-tail demo (examples/long_tail.rs): on CPU by default, on the
-# GPU with `--device cuda`. Installs libtorch first when none is configured.
+# Runs the long-tail demo (examples/long_tail/): on the GPU when libtorch sees
+# one, else on the CPU (`--device cpu` forces it). Installs libtorch first when
+# none is configured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
