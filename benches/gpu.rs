@@ -21,87 +21,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
 use anyhow::{Context, Result};
+use common::SHAPES;
 use cudarc::driver::{sys::CUevent_flags, CudaContext, CudaStream};
-use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
+use seesaw_loss::{Backend, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 const RUNS: usize = 50;
 const WARMUP: usize = 5;
 const ROTATE: usize = 4;
-
-struct Shape {
-    name: &'static str,
-    detection: bool,
-    classes: i64,
-    rows: i64,
-}
-
-const SHAPES: &[Shape] = &[
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 512,
-    },
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 8192,
-    },
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 65536,
-    },
-    Shape {
-        name: "imagenet-lt",
-        detection: false,
-        classes: 1000,
-        rows: 256,
-    },
-    Shape {
-        name: "imagenet-lt",
-        detection: false,
-        classes: 1000,
-        rows: 4096,
-    },
-    Shape {
-        name: "large-vocab",
-        detection: false,
-        classes: 32000,
-        rows: 4096,
-    },
-];
-
-impl Shape {
-    fn width(&self) -> i64 {
-        if self.detection {
-            self.classes + 2
-        } else {
-            self.classes
-        }
-    }
-    fn config(&self, backend: Backend) -> SeesawConfig {
-        let c = if self.detection {
-            SeesawConfig::detection(self.classes)
-        } else {
-            SeesawConfig::classification(self.classes)
-        };
-        c.backend(backend)
-    }
-    fn inputs(&self, kind: Kind, device: Device) -> Vec<(Tensor, Tensor)> {
-        let high = if self.detection { self.classes + 1 } else { self.classes };
-        (0..ROTATE)
-            .map(|_| {
-                let x = (Tensor::randn([self.rows, self.width()], (Kind::Float, device)) * 2.0).to_kind(kind);
-                (x, Tensor::randint(high, [self.rows], (Kind::Int64, device)))
-            })
-            .collect()
-    }
-}
 
 struct Timer {
     stream: Arc<CudaStream>,
@@ -202,7 +132,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
     );
     for shape in SHAPES {
         for (kind, kind_name, elem) in [(Kind::Float, "f32", 4.0), (Kind::BFloat16, "bf16", 2.0)] {
-            let inputs = shape.inputs(kind, device);
+            let inputs = shape.inputs(ROTATE, kind, device);
             let floor_bytes = 2.0 * (shape.rows * shape.width()) as f64 * elem;
             let floor_ms = floor_bytes / bandwidth * 1e3;
             let mut results = Vec::new();
@@ -250,7 +180,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
     }
 
     let shape = &SHAPES[1];
-    let inputs = shape.inputs(Kind::Float, device);
+    let inputs = shape.inputs(ROTATE, Kind::Float, device);
     let vs = nn::VarStore::new(device);
     let mut loss = SeesawLoss::new(vs.root(), shape.config(Backend::Fused))?;
     let (waited, host_ms) = host_waits(device, &mut || {
@@ -285,7 +215,7 @@ fn memory(device: Device, ctx: &Arc<CudaContext>) -> Result<()> {
     for surrogate in [false, true] {
         let vs = nn::VarStore::new(device);
         let mut loss = SeesawLoss::new(vs.root(), shape.config(Backend::Fused))?;
-        let (x, y) = shape.inputs(Kind::Float, device).swap_remove(0);
+        let (x, y) = shape.inputs(1, Kind::Float, device).swap_remove(0);
         let x = x.set_requires_grad(true);
         let _ = loss.forward(&x, &y, None, None)?; // compile and warm up
         let before = used()?;

@@ -7,63 +7,13 @@
 //! example `cargo bench --bench seesaw -- "step/lvis-det/N=4096"`.
 //! `SEESAW_BENCH_QUICK=1` keeps every measurement short (a smoke run).
 
+mod common;
+
+use common::{Shape, SHAPES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
+use seesaw_loss::{Backend, SeesawLoss};
 use std::time::Duration;
 use tch::{nn, Device, Kind, Tensor};
-
-/// A benchmark shape: head, classes, rows.
-struct Shape {
-    name: &'static str,
-    detection: bool,
-    classes: i64,
-    rows: i64,
-}
-
-const SHAPES: &[Shape] = &[
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 512,
-    },
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 4096,
-    },
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 8192,
-    },
-    Shape {
-        name: "lvis-det",
-        detection: true,
-        classes: 1203,
-        rows: 65536,
-    },
-    Shape {
-        name: "imagenet-lt",
-        detection: false,
-        classes: 1000,
-        rows: 256,
-    },
-    Shape {
-        name: "imagenet-lt",
-        detection: false,
-        classes: 1000,
-        rows: 4096,
-    },
-    Shape {
-        name: "large-vocab",
-        detection: false,
-        classes: 32000,
-        rows: 4096,
-    },
-];
 
 #[derive(Clone, Copy)]
 enum Method {
@@ -108,32 +58,18 @@ struct Setup {
 fn setup(shape: &Shape, method: Method, device: Device, kind: Kind) -> Setup {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let width = if shape.detection {
-        shape.classes + 2
-    } else {
-        shape.classes
-    };
-    let config = if shape.detection {
-        SeesawConfig::detection(shape.classes)
-    } else {
-        SeesawConfig::classification(shape.classes)
-    };
     let loss = match method {
-        Method::Fused => Some(config.backend(Backend::Fused)),
-        Method::Reference => Some(config.backend(Backend::Reference)),
+        Method::Fused => Some(Backend::Fused),
+        Method::Reference => Some(Backend::Reference),
         Method::CrossEntropy => None,
     }
-    .map(|c| SeesawLoss::new(vs.root() / "loss", c).expect("a valid config"));
-    let label_range = if shape.detection {
-        shape.classes + 1
-    } else {
-        shape.classes
-    };
+    .map(|b| SeesawLoss::new(vs.root() / "loss", shape.config(b)).expect("a valid config"));
+    let (scores, labels) = shape.inputs(1, kind, device).swap_remove(0);
     Setup {
         _vs: vs,
         loss,
-        scores: (Tensor::randn([shape.rows, width], (Kind::Float, device)) * 2.0).to_kind(kind),
-        labels: Tensor::randint(label_range, [shape.rows], (Kind::Int64, device)),
+        scores,
+        labels,
     }
 }
 

@@ -3,11 +3,8 @@
 # gpu-pack/, stripped, with gpu-pack/run.sh to run them on a GPU machine that
 # has PyTorch 2.11.0 but no Rust toolchain. With the device tool:
 #   scripts/gpu-pack.sh            # here
-#   run: bash gpu-pack/run.sh      # there, carry ["gpu-pack"]
-# run.sh runs the tests, the sanitizers, the GPU benchmark (and its memory
-# mode), the criterion CUDA groups and the Python peer: about 10 minutes; to
-# split it over two calls, run the test part and the bench part separately
-# (their commands are the two halves of run.sh).
+#   run: bash gpu-pack/run.sh tests   # there, carry ["gpu-pack"]; then `bench`, then `peer`
+# Each part fits one 10-minute device call (run.sh's header lists them).
 # Results land in $OUT (or gpu-pack/out when $OUT is unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +16,13 @@ rm -rf gpu-pack && mkdir -p gpu-pack
 {
     cargo test --release --no-run --test gpu --test kernel_source --test autograd --message-format=json
     cargo bench --no-run --bench gpu --bench seesaw --message-format=json
+    cargo build --release --example long_tail --message-format=json
 } 2>/dev/null |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"]):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"], ["example"]):
         prefix = "bench-" if m["target"]["kind"] == ["bench"] else ""
         shutil.copy(m["executable"], "gpu-pack/" + prefix + m["target"]["name"])
 '
@@ -33,7 +31,12 @@ cp benches/peer/seesaw_peer.py gpu-pack/
 cat > gpu-pack/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the packed binaries on a GPU machine with PyTorch 2.11.0 in
-# $TORCH_VENV (default /opt/torch/.venv).
+# $TORCH_VENV (default /opt/torch/.venv). Parts, each within one 10-minute
+# device call:
+#   bash gpu-pack/run.sh tests    # GPU tests, compute-sanitizer, the demo (~3 min)
+#   bash gpu-pack/run.sh bench    # benches/gpu.rs (+ --memory), criterion CUDA groups (~5 min)
+#   bash gpu-pack/run.sh peer     # the Python peer, eager and torch.compile (~5 min)
+# With no argument, all three in a row.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${TORCH_VENV:-/opt/torch/.venv}"
@@ -44,22 +47,39 @@ out="${OUT:-$here/out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 status=0
-for t in kernel_source gpu autograd; do
-    echo "== $t" | tee -a "$out/tests.txt"
-    "$here/$t" --test-threads=1 2>&1 | tee -a "$out/tests.txt" || status=1
-done
-for tool in memcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool" | tee -a "$out/sanitizer.txt"
-    compute-sanitizer --tool "$tool" --print-limit 20 "$here/gpu" --test-threads=1 \
-        counts_update kernel_handles out_of_range backward_on 2>&1 | tail -20 | tee -a "$out/sanitizer.txt" || status=1
-done
-echo "== benches/gpu.rs" | tee "$out/bench-gpu.txt"
-"$here/bench-gpu" 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$here/bench-gpu" --memory 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
-echo "== criterion, CUDA groups" | tee "$out/bench-criterion.txt"
-"$here/bench-seesaw" --bench "/cuda/" 2>&1 | grep -E "^(step|forward)|time:|thrpt:" | tee -a "$out/bench-criterion.txt" || status=1
-echo "== Python peer (eager, torch.compile)" | tee "$out/peer.txt"
-"$venv/bin/python" "$here/seesaw_peer.py" --device cuda 2>&1 | tee -a "$out/peer.txt" || status=1
+part_tests() {
+    for t in kernel_source gpu autograd; do
+        echo "== $t" | tee -a "$out/tests.txt"
+        "$here/$t" --test-threads=1 2>&1 | tee -a "$out/tests.txt" || status=1
+    done
+    for tool in memcheck racecheck; do
+        echo "== compute-sanitizer --tool $tool" | tee -a "$out/sanitizer.txt"
+        compute-sanitizer --tool "$tool" --print-limit 20 "$here/gpu" --test-threads=1 \
+            counts_update kernel_handles out_of_range backward_on node_and_forward_backward without_host_checks \
+            2>&1 | tail -20 | tee -a "$out/sanitizer.txt" || status=1
+    done
+    echo "== demo on the GPU (2 epochs)" | tee "$out/demo.txt"
+    "$here/long_tail" --device cuda --epochs 2 --json "$out/demo.json" 2>&1 | tee -a "$out/demo.txt" || status=1
+}
+part_bench() {
+    echo "== benches/gpu.rs" | tee "$out/bench-gpu.txt"
+    "$here/bench-gpu" 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$here/bench-gpu" --memory 2>&1 | tee -a "$out/bench-gpu.txt" || status=1
+    echo "== criterion, CUDA groups" | tee "$out/bench-criterion.txt"
+    "$here/bench-seesaw" --bench "/cuda/" 2>&1 | grep -E "^(step|forward)|time:|thrpt:" |
+        tee -a "$out/bench-criterion.txt" || status=1
+}
+part_peer() {
+    echo "== Python peer (eager, torch.compile)" | tee "$out/peer.txt"
+    "$venv/bin/python" "$here/seesaw_peer.py" --device cuda 2>&1 | tee -a "$out/peer.txt" || status=1
+}
+case "${1:-all}" in
+    tests) part_tests ;;
+    bench) part_bench ;;
+    peer) part_peer ;;
+    all) part_tests; part_bench; part_peer ;;
+    *) echo "usage: run.sh [tests|bench|peer|all]" >&2; exit 2 ;;
+esac
 exit $status
 RUN
 chmod +x gpu-pack/run.sh

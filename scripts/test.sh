@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the test suite. Installs the PyTorch 2.11.0 wheel into a cached
 # virtual environment first when no libtorch is configured (see
-# scripts/libtorch-env.sh). Extra arguments go to `cargo test`.
+# scripts/libtorch-env.sh). Extra arguments go to `cargo test`. Ends with a
+# one-epoch run of the demo (the README's first command) and a check of the
+# JSON and plot it writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
@@ -9,3 +11,7 @@ seesaw_libtorch_env
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test "$@"
+smoke="$(mktemp -d)"
+trap 'rm -rf "$smoke"' EXIT
+cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --json "$smoke/demo.json" >/dev/null
+python3 scripts/demo-smoke.py "$smoke/demo.json" "$smoke/demo.svg"

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 use once_cell::sync::Lazy;
 use tch::{Device, Kind, Tensor};
@@ -195,11 +195,15 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor) -> Result<()> {
 /// A call's device inputs in the layout the kernels take.
 struct Launch {
     k: Arc<DeviceKernels>,
+    /// Device addresses of the tensors below, as the kernels take them
+    /// (0 for absent weights).
+    pointers: Pointers,
     scores: Tensor,
     row_stride: i64,
-    labels: Tensor,
-    weights: Option<Tensor>,
-    log_counts: Tensor,
+    // Alive as long as `pointers` is used.
+    _labels: Tensor,
+    _weights: Option<Tensor>,
+    _log_counts: Tensor,
     n: i64,
     width: i64,
     classes: i32,
@@ -208,6 +212,13 @@ struct Launch {
     q: f32,
     log_eps: f32,
     loss_weight: f32,
+}
+
+struct Pointers {
+    scores: u64,
+    labels: u64,
+    weights: u64,
+    log_counts: u64,
 }
 
 impl Launch {
@@ -222,13 +233,22 @@ impl Launch {
             scores
         };
         let (n, width) = (scores.size()[0], scores.size()[1]);
+        let labels = call.labels.contiguous();
+        let weights = call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous());
+        let log_counts = call.log_counts.to_kind(Kind::Float).contiguous();
         Ok(Launch {
             k,
+            pointers: Pointers {
+                scores: ptr(&scores),
+                labels: ptr(&labels),
+                weights: weights.as_ref().map_or(0, ptr),
+                log_counts: ptr(&log_counts),
+            },
             row_stride: if n > 1 { scores.stride()[0] } else { width },
             scores,
-            labels: call.labels.contiguous(),
-            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
-            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+            _labels: labels,
+            _weights: weights,
+            _log_counts: log_counts,
             n,
             width,
             classes: call.num_classes as i32,
@@ -313,6 +333,36 @@ fn device_upstream(upstream: &Upstream, device: Device) -> DeviceUpstream {
     }
 }
 
+/// The arguments seesaw_backward and seesaw_fused start with: the logits,
+/// the gradient to write, labels, weights and log counts.
+fn input_args<'a>(launch: &mut LaunchArgs<'a>, l: &'a Launch, grad: &'a u64) {
+    let p = &l.pointers;
+    launch
+        .arg(&p.scores)
+        .arg(&l.row_stride)
+        .arg(grad)
+        .arg(&p.labels)
+        .arg(&p.weights)
+        .arg(&p.log_counts);
+}
+
+/// The arguments seesaw_backward and seesaw_fused end with: the upstream
+/// multipliers, the shape and the call's constants.
+fn gradient_args<'a>(launch: &mut LaunchArgs<'a>, l: &'a Launch, up: &'a DeviceUpstream) {
+    launch
+        .arg(&up.classes.0)
+        .arg(&up.classes.1)
+        .arg(&up.objectness.0)
+        .arg(&up.objectness.1)
+        .arg(&l.n)
+        .arg(&l.classes)
+        .arg(&l.detection)
+        .arg(&l.p)
+        .arg(&l.q)
+        .arg(&l.log_eps)
+        .arg(&l.loss_weight);
+}
+
 // SAFETY (for the launches below): every pointer is a live device tensor on
 // this device with the shape the kernel's contract names (kernels/seesaw.cu);
 // the tensors outlive the launch in stream order because libtorch's caching
@@ -326,7 +376,7 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     let stats = Tensor::empty([l.n, 2], (Kind::Float, l.device()));
     poison([&stats]);
     if l.n > 0 {
-        let (scores, labels, log_counts) = (ptr(&l.scores), ptr(&l.labels), ptr(&l.log_counts));
+        let p = &l.pointers;
         let (class_loss, obj_loss, stats_ptr) = (
             ptr(&rows.class_loss),
             rows.objectness_loss.as_ref().map_or(0, ptr),
@@ -334,10 +384,10 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
         );
         let mut launch = l.k.stream.launch_builder(&l.kernels()?.forward);
         launch
-            .arg(&scores)
+            .arg(&p.scores)
             .arg(&l.row_stride)
-            .arg(&labels)
-            .arg(&log_counts)
+            .arg(&p.labels)
+            .arg(&p.log_counts)
             .arg(&class_loss)
             .arg(&obj_loss)
             .arg(&stats_ptr)
@@ -364,28 +414,11 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     }
     let up = device_upstream(upstream, l.device());
     if l.n > 0 {
-        let (scores, grad_ptr, labels) = (ptr(&l.scores), ptr(&grad), ptr(&l.labels));
-        let (weights, log_counts, stats_ptr) = (l.weights.as_ref().map_or(0, ptr), ptr(&l.log_counts), ptr(&stats));
+        let (grad_ptr, stats_ptr) = (ptr(&grad), ptr(&stats));
         let mut launch = l.k.stream.launch_builder(&l.kernels()?.backward);
-        launch
-            .arg(&scores)
-            .arg(&l.row_stride)
-            .arg(&grad_ptr)
-            .arg(&labels)
-            .arg(&weights)
-            .arg(&log_counts)
-            .arg(&stats_ptr)
-            .arg(&up.classes.0)
-            .arg(&up.classes.1)
-            .arg(&up.objectness.0)
-            .arg(&up.objectness.1)
-            .arg(&l.n)
-            .arg(&l.classes)
-            .arg(&l.detection)
-            .arg(&l.p)
-            .arg(&l.q)
-            .arg(&l.log_eps)
-            .arg(&l.loss_weight);
+        input_args(&mut launch, &l, &grad_ptr);
+        launch.arg(&stats_ptr);
+        gradient_args(&mut launch, &l, &up);
         // SAFETY: see above.
         unsafe { launch.launch(l.config()?) }.context("launching seesaw_backward")?;
     }
@@ -401,30 +434,12 @@ pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(Loss
     let grad = l.grad();
     let up = device_upstream(upstream, l.device());
     if l.n > 0 {
-        let (scores, grad_ptr, labels) = (ptr(&l.scores), ptr(&grad), ptr(&l.labels));
-        let (weights, log_counts) = (l.weights.as_ref().map_or(0, ptr), ptr(&l.log_counts));
+        let grad_ptr = ptr(&grad);
         let (class_loss, obj_loss) = (ptr(&rows.class_loss), rows.objectness_loss.as_ref().map_or(0, ptr));
         let mut launch = l.k.stream.launch_builder(&l.kernels()?.fused);
-        launch
-            .arg(&scores)
-            .arg(&l.row_stride)
-            .arg(&grad_ptr)
-            .arg(&labels)
-            .arg(&weights)
-            .arg(&log_counts)
-            .arg(&class_loss)
-            .arg(&obj_loss)
-            .arg(&up.classes.0)
-            .arg(&up.classes.1)
-            .arg(&up.objectness.0)
-            .arg(&up.objectness.1)
-            .arg(&l.n)
-            .arg(&l.classes)
-            .arg(&l.detection)
-            .arg(&l.p)
-            .arg(&l.q)
-            .arg(&l.log_eps)
-            .arg(&l.loss_weight);
+        input_args(&mut launch, &l, &grad_ptr);
+        launch.arg(&class_loss).arg(&obj_loss);
+        gradient_args(&mut launch, &l, &up);
         // SAFETY: see above.
         unsafe { launch.launch(l.config()?) }.context("launching seesaw_fused")?;
     }

@@ -1,0 +1,66 @@
+//! The shapes both benchmark programs measure, and how to build a loss and
+//! inputs for one.
+#![allow(dead_code)]
+
+use seesaw_loss::{Backend, SeesawConfig};
+use tch::{Device, Kind, Tensor};
+
+/// A benchmark shape: head, classes, rows.
+pub struct Shape {
+    pub name: &'static str,
+    pub detection: bool,
+    pub classes: i64,
+    pub rows: i64,
+}
+
+const fn shape(name: &'static str, detection: bool, classes: i64, rows: i64) -> Shape {
+    Shape {
+        name,
+        detection,
+        classes,
+        rows,
+    }
+}
+
+/// LVIS v1 detection heads (RoIs per step), ImageNet-LT classifiers (images
+/// per step) and a large label space.
+pub const SHAPES: &[Shape] = &[
+    shape("lvis-det", true, 1203, 512),
+    shape("lvis-det", true, 1203, 4096),
+    shape("lvis-det", true, 1203, 8192),
+    shape("lvis-det", true, 1203, 65536),
+    shape("imagenet-lt", false, 1000, 256),
+    shape("imagenet-lt", false, 1000, 4096),
+    shape("large-vocab", false, 32000, 4096),
+];
+
+impl Shape {
+    /// Columns of `cls_score`.
+    pub fn width(&self) -> i64 {
+        if self.detection {
+            self.classes + 2
+        } else {
+            self.classes
+        }
+    }
+
+    pub fn config(&self, backend: Backend) -> SeesawConfig {
+        let c = if self.detection {
+            SeesawConfig::detection(self.classes)
+        } else {
+            SeesawConfig::classification(self.classes)
+        };
+        c.backend(backend)
+    }
+
+    /// `count` independent (scores, labels) pairs, scores N(0, 4) in `kind`.
+    pub fn inputs(&self, count: usize, kind: Kind, device: Device) -> Vec<(Tensor, Tensor)> {
+        let high = if self.detection { self.classes + 1 } else { self.classes };
+        (0..count)
+            .map(|_| {
+                let x = (Tensor::randn([self.rows, self.width()], (Kind::Float, device)) * 2.0).to_kind(kind);
+                (x, Tensor::randint(high, [self.rows], (Kind::Int64, device)))
+            })
+            .collect()
+    }
+}
