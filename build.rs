@@ -63,6 +63,10 @@ fn compile_shim(lib: &std::path::Path) {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // at::parallel_for is a header template: without OpenMP here it
+        // compiles to a serial loop (libtorch's own build uses OpenMP too, and
+        // torch-sys links libgomp).
+        .flag("-fopenmp")
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("seesaw_autograd_shim");
