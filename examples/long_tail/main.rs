@@ -125,10 +125,7 @@ fn main() -> Result<()> {
         s.seed,
         s.device
     );
-    let mut runs = Vec::new();
-    for loss in [LossKind::CrossEntropy, LossKind::Seesaw] {
-        runs.push((loss, train::run(&data, loss, s)?));
-    }
+    let runs = train::run_both(&data, s)?;
 
     println!("\n{:<18} {:>9} {:>9}", "test accuracy", "CE", "Seesaw");
     for g in Group::ALL {
