@@ -29,7 +29,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! Where things are: the math in [`math`](crate::math) (private, documented
+//! Where things are: the math in `src/math.rs` (private, documented
 //! in the source), the kernel in `kernels/seesaw.cu`, the CUDA plumbing in
 //! [`cuda`], the libtorch path in `reference.rs`, the public type in
 //! [`SeesawLoss`].

@@ -3,7 +3,7 @@
 //! the stream libtorch uses.
 //!
 //! cudarc panics when libcuda or libnvrtc cannot be loaded, so nothing here
-//! touches it before [`unavailable_reason`] has said yes (libtorch reports
+//! touches it before `unavailable_reason` has said yes (libtorch reports
 //! CUDA, and both libraries load).
 //!
 //! Streams: tch gives no access to libtorch's current stream, which is the
