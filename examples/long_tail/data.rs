@@ -13,6 +13,12 @@
 //! classes stay well below 100% accuracy. The test set is balanced,
 //! `TEST_PER_CLASS` samples per class. Everything is drawn from libtorch's
 //! generator seeded with `--seed`.
+//!
+//! Detection variant (`--head detection`): as many background training
+//! samples as foreground ones (label `CLASSES`), drawn from one broad cloud
+//! N(0, `BACKGROUND_SCALE`^2 I) that overlaps every class; the test set stays
+//! the foreground one, scored on the class logits as a detector's
+//! classification of foreground boxes.
 
 use tch::{Device, Kind, Tensor};
 
@@ -24,6 +30,7 @@ const FREQUENT: i64 = 405;
 const FREQUENT_MAX: i64 = 500;
 pub const CLASSES: i64 = RARE.0 + COMMON.0 + FREQUENT;
 pub const TEST_PER_CLASS: i64 = 20;
+const BACKGROUND_SCALE: f64 = 2.5;
 
 /// Features and labels of one split, on the training device.
 pub struct Split {
@@ -122,6 +129,20 @@ impl DataSet {
             test,
             train_counts,
         }
+    }
+
+    /// Adds one background training sample (label `CLASSES`) per foreground
+    /// one, for the detection variant.
+    pub fn with_background(mut self) -> DataSet {
+        let device = self.train.x.device();
+        let n = self.train.y.size()[0];
+        let x = Tensor::randn([n, DIM], (Kind::Float, Device::Cpu)) * BACKGROUND_SCALE;
+        let y = Tensor::full([n], CLASSES, (Kind::Int64, Device::Cpu));
+        self.train = Split {
+            x: Tensor::cat(&[self.train.x, x.to_device(device)], 0),
+            y: Tensor::cat(&[self.train.y, y.to_device(device)], 0),
+        };
+        self
     }
 
     /// Mean of `per_class` over the classes of `group`.

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example long_tail -- [--device auto|cpu|cuda] [--epochs N]
-//!     [--seed S] [--hidden H] [--json PATH] [--plot PATH]
+//!     [--seed S] [--hidden H] [--head classification|detection] [--json PATH] [--plot PATH]
 //! ```
 //!
 //! How the data are made: `data.rs`. The model and schedule: `train.rs`.
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use tch::Device;
 use train::{LossKind, RunResult, Schedule};
 
-const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --json PATH, --plot PATH";
+const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --head classification|detection, --json PATH, --plot PATH";
 
 struct Options {
     schedule: Schedule,
@@ -39,6 +39,7 @@ fn number(value: Option<String>, flag: &str) -> Result<i64> {
 
 fn parse_options() -> Result<Options> {
     let mut device = None;
+    let mut detection = false;
     let (mut epochs, mut seed, mut hidden) = (20, 0, 256);
     let (mut json, mut plot) = (None::<PathBuf>, None::<PathBuf>);
     let mut args = std::env::args().skip(1);
@@ -51,6 +52,13 @@ fn parse_options() -> Result<Options> {
                     Some("cuda") if tch::Cuda::is_available() => Some(Device::Cuda(0)),
                     Some("cuda") => bail!("--device cuda: libtorch sees no CUDA device"),
                     other => bail!("--device takes auto, cpu or cuda, got {other:?}"),
+                }
+            }
+            "--head" => {
+                detection = match args.next().as_deref() {
+                    Some("classification") => false,
+                    Some("detection") => true,
+                    other => bail!("--head takes classification or detection, got {other:?}"),
                 }
             }
             "--epochs" => epochs = number(args.next(), "--epochs")?,
@@ -74,6 +82,7 @@ fn parse_options() -> Result<Options> {
     });
     Ok(Options {
         schedule: Schedule {
+            detection,
             epochs,
             hidden,
             seed,
@@ -112,15 +121,20 @@ fn json(data: &DataSet, runs: &[(LossKind, RunResult)]) -> String {
 fn main() -> Result<()> {
     let options = parse_options()?;
     let s = &options.schedule;
-    let data = DataSet::generate(s.seed, s.device);
+    let mut data = DataSet::generate(s.seed, s.device);
+    if s.detection {
+        data = data.with_background();
+    }
     println!(
-        "{CLASSES} classes (LVIS v1 groups), {} training samples ({} to {} per class), {} test samples; \
-         MLP 64-{}-{CLASSES}, {} epochs, seed {}, {:?}",
+        "{CLASSES} classes (LVIS v1 groups), {} training samples ({} to {} per class{}), {} test samples; \
+         MLP 64-{}-{CLASSES}{}, {} epochs, seed {}, {:?}",
         data.train_counts.iter().sum::<i64>(),
         data.train_counts.iter().min().unwrap_or(&0),
         data.train_counts.iter().max().unwrap_or(&0),
+        if s.detection { ", as many background" } else { "" },
         data.test.y.size()[0],
         s.hidden,
+        if s.detection { " (+1 CE / +2 Seesaw)" } else { "" },
         s.epochs,
         s.seed,
         s.device

@@ -36,17 +36,20 @@ pub struct RunResult {
 }
 
 pub struct Schedule {
+    /// The detection variant: a background class, `C + 1` outputs for
+    /// cross-entropy and the `C + 2` head for Seesaw.
+    pub detection: bool,
     pub epochs: i64,
     pub hidden: i64,
     pub seed: i64,
     pub device: Device,
 }
 
-fn model(root: &nn::Path, hidden: i64) -> nn::Sequential {
+fn model(root: &nn::Path, hidden: i64, outputs: i64) -> nn::Sequential {
     nn::seq()
         .add(nn::linear(root / "fc1", DIM, hidden, Default::default()))
         .add_fn(|x| x.relu())
-        .add(nn::linear(root / "fc2", hidden, CLASSES, Default::default()))
+        .add(nn::linear(root / "fc2", hidden, outputs, Default::default()))
 }
 
 fn progress_bar(steps: u64) -> ProgressBar {
@@ -77,8 +80,13 @@ impl Trainee {
         // The same seed before each model: both start from the same weights.
         tch::manual_seed(schedule.seed);
         let vs = nn::VarStore::new(schedule.device);
-        let net = model(&(vs.root() / "net"), schedule.hidden);
-        let seesaw = SeesawLoss::new(vs.root() / "seesaw", SeesawConfig::classification(CLASSES))?;
+        let (outputs, config) = match (schedule.detection, kind) {
+            (false, _) => (CLASSES, SeesawConfig::classification(CLASSES)),
+            (true, LossKind::CrossEntropy) => (CLASSES + 1, SeesawConfig::detection(CLASSES)),
+            (true, LossKind::Seesaw) => (CLASSES + 2, SeesawConfig::detection(CLASSES)),
+        };
+        let net = model(&(vs.root() / "net"), schedule.hidden, outputs);
+        let seesaw = SeesawLoss::new(vs.root() / "seesaw", config)?;
         let opt = nn::Sgd {
             momentum: MOMENTUM,
             wd: WEIGHT_DECAY,
@@ -122,8 +130,10 @@ impl Trainee {
 
     fn evaluate(&self, data: &DataSet) -> Result<Vec<f64>> {
         let correct = tch::no_grad(|| {
+            // The class logits only: a detector's classification of foreground boxes.
             self.net
                 .forward(&data.test.x)
+                .narrow(1, 0, CLASSES)
                 .argmax(1, false)
                 .eq_tensor(&data.test.y)
                 .to_kind(Kind::Double)
