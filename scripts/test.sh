@@ -2,8 +2,8 @@
 # Runs the test suite. Installs the PyTorch 2.11.0 wheel into a cached
 # virtual environment first when no libtorch is configured (see
 # scripts/libtorch-env.sh). Extra arguments go to `cargo test`. Ends with a
-# one-epoch run of the demo (the README's first command) and a check of the
-# JSON and plot it writes.
+# one-epoch run of the demo (the README's first command), in both variants,
+# and a check of the JSON and plot each writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
@@ -15,3 +15,5 @@ smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
 cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --json "$smoke/demo.json" >/dev/null
 python3 scripts/demo-smoke.py "$smoke/demo.json" "$smoke/demo.svg"
+cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --head detection --json "$smoke/det.json" >/dev/null
+python3 scripts/demo-smoke.py "$smoke/det.json" "$smoke/det.svg"
