@@ -92,6 +92,14 @@ pub(crate) struct RowStats {
     pub lse_adjusted: f32,
 }
 
+impl RowStats {
+    /// What rows without a class loss (background, unchecked labels) keep.
+    pub(crate) const NAN: RowStats = RowStats {
+        lse: f32::NAN,
+        lse_adjusted: f32::NAN,
+    };
+}
+
 /// Lanes of the chunked loops below: wide enough for two AVX2 registers, so
 /// the compiler turns each chunk into vector code.
 const LANES: usize = 16;

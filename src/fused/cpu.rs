@@ -27,8 +27,7 @@ pub(crate) fn row_params(call: &Call) -> RowParams {
     }
 }
 
-/// A call's inputs as host slices. The tensors they borrow from are kept in
-/// `_owners`.
+/// A call's inputs as host slices, borrowed from an [`Inputs`].
 struct Host<'a> {
     params: RowParams,
     logits: &'a [f32],
@@ -66,23 +65,21 @@ impl Inputs {
     fn host<'a>(&'a self, call: &Call) -> Host<'a> {
         let shape = self.logits.size();
         let (n, width) = (shape[0] as usize, shape[1] as usize);
-        // SAFETY: contiguous CPU tensors of these kinds and lengths, alive as
-        // long as `self`.
         let params = row_params(call);
+        // SAFETY (all four slices): contiguous CPU tensors of these kinds and
+        // lengths, alive as long as `self`.
         let log_counts = unsafe { slice(&self.log_counts, call.num_classes as usize) };
-        unsafe {
-            Host {
-                params,
-                logits: slice(&self.logits, n * width),
-                labels: slice(&self.labels, n),
-                weights: self.weights.as_ref().map(|w| slice(w, n)),
-                log_counts,
-                width,
-                classes: call.num_classes as usize,
-                detection: call.head == Head::Detection,
-                loss_weight: call.loss_weight as f32,
-                powered: PoweredCounts::new(&params, log_counts),
-            }
+        Host {
+            params,
+            logits: unsafe { slice(&self.logits, n * width) },
+            labels: unsafe { slice(&self.labels, n) },
+            weights: self.weights.as_ref().map(|w| unsafe { slice(w, n) }),
+            log_counts,
+            width,
+            classes: call.num_classes as usize,
+            detection: call.head == Head::Detection,
+            loss_weight: call.loss_weight as f32,
+            powered: PoweredCounts::new(&params, log_counts),
         }
     }
 }
@@ -116,15 +113,20 @@ struct HostUpstream<'a> {
     objectness: Option<(&'a [f32], usize)>,
 }
 
-fn host_upstream(t: &Option<Tensor>) -> Option<(&[f32], usize)> {
-    t.as_ref().map(|t| {
-        let stride = if t.numel() == 1 { 0 } else { 1 };
-        // SAFETY: `Upstream` holds contiguous f32 CPU tensors.
-        (unsafe { slice(t, t.numel()) }, stride)
-    })
-}
+impl<'a> HostUpstream<'a> {
+    /// Views of multipliers already placed on the CPU ([`Upstream::on`]).
+    fn of(placed: &'a Upstream) -> Self {
+        // SAFETY: `Upstream::on` gives contiguous 1-D f32 tensors.
+        let view = |t: &'a Option<Tensor>| {
+            t.as_ref()
+                .map(|t| (unsafe { slice(t, t.numel()) }, Upstream::stride(t)))
+        };
+        HostUpstream {
+            classes: view(&placed.classes),
+            objectness: view(&placed.objectness),
+        }
+    }
 
-impl HostUpstream<'_> {
     fn at(part: Option<(&[f32], usize)>, r: usize) -> f32 {
         part.map_or(0.0, |(v, stride)| v[r * stride])
     }
@@ -140,7 +142,7 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
     // SAFETY: fresh contiguous f32 tensors of these lengths, written only
     // through these pointers, each row by one thread.
-    let targets = unsafe { Targets::new(&out, Some(&stats), None) };
+    let targets = unsafe { Targets::new(Some(&out), Some(&stats), None) };
     parallel_rows(n, host.width, |rows| forward_block(&host, rows, &targets));
     Ok((out, stats))
 }
@@ -158,14 +160,11 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
         stats.size()
     );
     let stats = StatsPtr(stats.data_ptr() as *const f32);
-    let up = upstream.to_host();
-    let up = HostUpstream {
-        classes: host_upstream(&up.classes),
-        objectness: host_upstream(&up.objectness),
-    };
+    let placed = upstream.on(Device::Cpu);
+    let up = HostUpstream::of(&placed);
     let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
     // SAFETY: as in `forward`.
-    let targets = unsafe { Targets::new_grad(&grad) };
+    let targets = unsafe { Targets::new(None, None, Some(&grad)) };
     parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
     Ok(grad.to_kind(call.scores.kind()))
 }
@@ -177,16 +176,13 @@ pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(Loss
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let up = upstream.to_host();
-    let up = HostUpstream {
-        classes: host_upstream(&up.classes),
-        objectness: host_upstream(&up.objectness),
-    };
+    let placed = upstream.on(Device::Cpu);
+    let up = HostUpstream::of(&placed);
     let out = LossRows::zeros(n as i64, host.detection, Device::Cpu);
     let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
     let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
     // SAFETY: as in `forward`.
-    let targets = unsafe { Targets::new(&out, Some(&stats), Some(&grad)) };
+    let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
     let stats_in = StatsPtr(targets.stats);
     parallel_rows(n, host.width, |rows| {
         // Each thread reads back only the stats of its own rows.
@@ -218,24 +214,13 @@ impl Targets {
     /// # Safety
     /// Every tensor must be a contiguous f32 CPU tensor with the row count of
     /// the call, alive while the `Targets` is used.
-    unsafe fn new(out: &LossRows, stats: Option<&Tensor>, grad: Option<&Tensor>) -> Targets {
+    unsafe fn new(out: Option<&LossRows>, stats: Option<&Tensor>, grad: Option<&Tensor>) -> Targets {
         let p = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.data_ptr() as *mut f32);
         Targets {
-            class_loss: p(Some(&out.class_loss)),
-            objectness_loss: p(out.objectness_loss.as_ref()),
+            class_loss: p(out.map(|o| &o.class_loss)),
+            objectness_loss: p(out.and_then(|o| o.objectness_loss.as_ref())),
             stats: p(stats),
             grad: p(grad),
-        }
-    }
-
-    /// # Safety
-    /// As [`Targets::new`].
-    unsafe fn new_grad(grad: &Tensor) -> Targets {
-        Targets {
-            class_loss: std::ptr::null_mut(),
-            objectness_loss: std::ptr::null_mut(),
-            stats: std::ptr::null_mut(),
-            grad: grad.data_ptr() as *mut f32,
         }
     }
 
@@ -327,7 +312,7 @@ with_best_features!(forward_block(host: &Host, rows: Range<usize>, targets: &Tar
     for r in rows {
         let z = host.row(r);
         let (loss, stats, objectness) = match host.label(r) {
-            None => (f32::NAN, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN }, f32::NAN),
+            None => (f32::NAN, RowStats::NAN, f32::NAN),
             Some(label) => {
                 let (loss, stats) = if label < c {
                     match &host.powered {
@@ -335,7 +320,7 @@ with_best_features!(forward_block(host: &Host, rows: Range<usize>, targets: &Tar
                         None => class_forward(&host.params, &z[..c], label, host.log_counts),
                     }
                 } else {
-                    (0.0, RowStats { lse: f32::NAN, lse_adjusted: f32::NAN })
+                    (0.0, RowStats::NAN)
                 };
                 let objectness = if host.detection { objectness_row(z[c], z[c + 1], label == c, None) } else { 0.0 };
                 (loss, stats, objectness)

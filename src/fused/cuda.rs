@@ -307,29 +307,18 @@ fn poison<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
 
 /// Device pointers and strides of the upstream multipliers (null: unused).
 struct DeviceUpstream {
-    _owners: Vec<Tensor>,
+    _owners: Upstream,
     classes: (u64, i64),
     objectness: (u64, i64),
 }
 
 fn device_upstream(upstream: &Upstream, device: Device) -> DeviceUpstream {
-    let mut owners = Vec::new();
-    let mut one = |t: &Option<Tensor>| match t {
-        None => (0u64, 0i64),
-        Some(t) => {
-            let t = t.to_device(device).to_kind(Kind::Float).contiguous().view([-1]);
-            let stride = if t.numel() == 1 { 0 } else { 1 };
-            let p = ptr(&t);
-            owners.push(t);
-            (p, stride)
-        }
-    };
-    let classes = one(&upstream.classes);
-    let objectness = one(&upstream.objectness);
+    let placed = upstream.on(device);
+    let args = |t: &Option<Tensor>| t.as_ref().map_or((0, 0), |t| (ptr(t), Upstream::stride(t) as i64));
     DeviceUpstream {
-        _owners: owners,
-        classes,
-        objectness,
+        classes: args(&placed.classes),
+        objectness: args(&placed.objectness),
+        _owners: placed,
     }
 }
 

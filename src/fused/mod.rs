@@ -46,15 +46,25 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// Contiguous f32 copies on the CPU.
-    pub(crate) fn to_host(&self) -> Upstream {
-        let host = |t: &Option<Tensor>| {
+    /// Contiguous 1-D f32 copies on `device` (no copy when they already are).
+    pub(crate) fn on(&self, device: Device) -> Upstream {
+        let place = |t: &Option<Tensor>| {
             t.as_ref()
-                .map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]))
+                .map(|t| t.to_device(device).to_kind(Kind::Float).contiguous().view([-1]))
         };
         Upstream {
-            classes: host(&self.classes),
-            objectness: host(&self.objectness),
+            classes: place(&self.classes),
+            objectness: place(&self.objectness),
+        }
+    }
+
+    /// The step between rows of a multiplier placed by [`Upstream::on`]: 0
+    /// for one value shared by every row, else 1.
+    pub(crate) fn stride(t: &Tensor) -> usize {
+        if t.numel() == 1 {
+            0
+        } else {
+            1
         }
     }
 }
@@ -92,7 +102,7 @@ pub(crate) fn node_forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tenso
         Device::Cuda(_) => cuda::forward(call)?,
         other => bail!("no fused path for scores on {other:?}"),
     };
-    let (classes, objectness) = reduce(call, rows);
+    let (classes, objectness) = reduce(call, rows, mean_scales(call).as_ref());
     Ok((classes, objectness, stats))
 }
 
@@ -105,10 +115,17 @@ pub(crate) fn node_backward(
     g_classes: Option<Tensor>,
     g_objectness: Option<Tensor>,
 ) -> Result<Tensor> {
-    let (class_scale, objectness_scale) = mean_scales(call);
+    let scales = mean_scales(call);
+    let scaled = |g: Tensor, scale: Option<&Tensor>| {
+        let g = g.to_kind(Kind::Float);
+        match scale {
+            Some(s) => g * s,
+            None => g,
+        }
+    };
     let upstream = Upstream {
-        classes: g_classes.map(|g| g.to_kind(Kind::Float) * class_scale),
-        objectness: g_objectness.map(|g| g.to_kind(Kind::Float) * objectness_scale),
+        classes: g_classes.map(|g| scaled(g, scales.as_ref().map(|s| &s.0))),
+        objectness: g_objectness.map(|g| scaled(g, scales.as_ref().map(|s| &s.1))),
     };
     match call.scores.device() {
         Device::Cpu => cpu::backward(call, stats, &upstream),
@@ -120,7 +137,12 @@ pub(crate) fn node_backward(
 /// The loss (detached) and the gradient of its total with respect to the
 /// scores, from one fused pass.
 pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
-    let (class_scale, objectness_scale) = mean_scales(call);
+    let scales = mean_scales(call);
+    // The gradient of the total: each part's mean factor, else 1.
+    let (class_scale, objectness_scale) = match &scales {
+        Some((c, o)) => (c.shallow_clone(), o.shallow_clone()),
+        None => (scalar(1.0, call), scalar(1.0, call)),
+    };
     let upstream = Upstream {
         classes: Some(class_scale),
         objectness: (call.head == Head::Detection).then_some(objectness_scale),
@@ -130,7 +152,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
         Device::Cuda(_) => cuda::forward_backward(call, &upstream)?,
         other => bail!("no fused path for scores on {other:?}"),
     };
-    let (classes, objectness) = reduce(call, rows);
+    let (classes, objectness) = reduce(call, rows, scales.as_ref());
     Ok((
         Parts {
             classes: select_positive(call, classes),
@@ -142,8 +164,8 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
 
 /// Applies weights, `loss_weight` and the reduction to per-row losses. With
 /// [`Reduction::None`] the class part keeps every row (background rows hold
-/// 0); [`select_positive`] drops them.
-fn reduce(call: &Call, rows: LossRows) -> (Tensor, Option<Tensor>) {
+/// 0); [`select_positive`] drops them. `mean` is [`mean_scales`]'s result.
+fn reduce(call: &Call, rows: LossRows, mean: Option<&(Tensor, Tensor)>) -> (Tensor, Option<Tensor>) {
     let kind = call.compute_kind;
     let weigh = |loss: Tensor| {
         let scaled = loss.to_kind(kind) * call.loss_weight;
@@ -152,36 +174,38 @@ fn reduce(call: &Call, rows: LossRows) -> (Tensor, Option<Tensor>) {
             None => scaled,
         }
     };
-    let (class_scale, objectness_scale) = mean_scales(call);
-    let finish = |rows: Tensor, scale: Tensor| match call.reduction {
-        Reduction::None => rows,
-        Reduction::Sum => rows.sum(kind),
-        Reduction::Mean => rows.sum(kind) * scale.to_kind(kind),
+    let finish = |rows: Tensor, scale: Option<&Tensor>| match (call.reduction, scale) {
+        (Reduction::None, _) => rows,
+        (_, None) => rows.sum(kind),
+        (_, Some(scale)) => rows.sum(kind) * scale.to_kind(kind),
     };
-    let classes = finish(weigh(rows.class_loss), class_scale);
-    let objectness = rows.objectness_loss.map(|l| finish(weigh(l), objectness_scale));
+    let classes = finish(weigh(rows.class_loss), mean.map(|m| &m.0));
+    let objectness = rows.objectness_loss.map(|l| finish(weigh(l), mean.map(|m| &m.1)));
     (classes, objectness)
 }
 
-/// The factor a [`Reduction::Mean`] sum is multiplied by, per part (1 for the
-/// other reductions), as 0-dim f32 tensors on the scores' device: one over
+/// A 0-dim f32 tensor on the scores' device, filled there: a host-to-device
+/// copy of a scalar would make the host wait for the stream.
+fn scalar(v: f64, call: &Call) -> Tensor {
+    Tensor::full([], v, (Kind::Float, call.scores.device()))
+}
+
+/// The factors a [`Reduction::Mean`] sum is multiplied by, per part (classes,
+/// objectness), as 0-dim f32 tensors on the scores' device: one over
 /// `avg_factor + f32::EPSILON` when given, else over the part's row count
 /// (positive rows of a detection head's class part, counted on the device).
-fn mean_scales(call: &Call) -> (Tensor, Tensor) {
-    let device = call.scores.device();
-    // Filled on the device: a host-to-device copy of a scalar would make the
-    // host wait for the stream.
-    let scalar = |v: f64| Tensor::full([], v, (Kind::Float, device));
+/// `None` for the other reductions, which scale nothing.
+fn mean_scales(call: &Call) -> Option<(Tensor, Tensor)> {
     if call.reduction != Reduction::Mean {
-        return (scalar(1.0), scalar(1.0));
+        return None;
     }
     if let Some(avg) = call.avg_factor {
-        let s = 1.0 / (avg + f32::EPSILON as f64);
-        return (scalar(s), scalar(s));
+        let s = scalar(1.0 / (avg + f32::EPSILON as f64), call);
+        return Some((s.shallow_clone(), s));
     }
-    let all = scalar(1.0 / call.labels.size()[0].max(1) as f64);
+    let all = scalar(1.0 / call.labels.size()[0].max(1) as f64, call);
     let classes = match call.head {
-        Head::Classification => all.copy(),
+        Head::Classification => all.shallow_clone(),
         Head::Detection => {
             let _guard = tch::no_grad_guard();
             call.labels
@@ -191,7 +215,7 @@ fn mean_scales(call: &Call) -> (Tensor, Tensor) {
                 .reciprocal()
         }
     };
-    (classes, all)
+    Some((classes, all))
 }
 
 /// [`Reduction::None`] on the detection head: one class-loss entry per
