@@ -38,8 +38,6 @@ struct Host<'a> {
     classes: usize,
     detection: bool,
     loss_weight: f32,
-    /// The one-exponential loss pass's constants, when the call allows it.
-    powered: Option<PoweredCounts>,
 }
 
 /// Owned contiguous f32 / i64 copies of a call's inputs (no copy when they
@@ -65,21 +63,18 @@ impl Inputs {
     fn host<'a>(&'a self, call: &Call) -> Host<'a> {
         let shape = self.logits.size();
         let (n, width) = (shape[0] as usize, shape[1] as usize);
-        let params = row_params(call);
         // SAFETY (all four slices): contiguous CPU tensors of these kinds and
         // lengths, alive as long as `self`.
-        let log_counts = unsafe { slice(&self.log_counts, call.num_classes as usize) };
         Host {
-            params,
+            params: row_params(call),
             logits: unsafe { slice(&self.logits, n * width) },
             labels: unsafe { slice(&self.labels, n) },
             weights: self.weights.as_ref().map(|w| unsafe { slice(w, n) }),
-            log_counts,
+            log_counts: unsafe { slice(&self.log_counts, call.num_classes as usize) },
             width,
             classes: call.num_classes as usize,
             detection: call.head == Head::Detection,
             loss_weight: call.loss_weight as f32,
-            powered: PoweredCounts::new(&params, log_counts),
         }
     }
 }
@@ -143,7 +138,10 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     // SAFETY: fresh contiguous f32 tensors of these lengths, written only
     // through these pointers, each row by one thread.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), None) };
-    parallel_rows(n, host.width, |rows| forward_block(&host, rows, &targets));
+    let powered = PoweredCounts::new(&host.params, host.log_counts);
+    parallel_rows(n, host.width, |rows| {
+        forward_block(&host, powered.as_ref(), rows, &targets)
+    });
     Ok((out, stats))
 }
 
@@ -184,9 +182,10 @@ pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(Loss
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
     let stats_in = StatsPtr(targets.stats);
+    let powered = PoweredCounts::new(&host.params, host.log_counts);
     parallel_rows(n, host.width, |rows| {
         // Each thread reads back only the stats of its own rows.
-        forward_block(&host, rows.clone(), &targets);
+        forward_block(&host, powered.as_ref(), rows.clone(), &targets);
         backward_block(&host, rows, &stats_in, &up, &targets)
     });
     Ok((out, grad.to_kind(call.scores.kind())))
@@ -306,16 +305,22 @@ macro_rules! with_best_features {
     };
 }
 
-with_best_features!(forward_block(host: &Host, rows: Range<usize>, targets: &Targets) {
+// `powered`: the one-exponential loss pass's constants, when the call allows it.
+with_best_features!(forward_block(
+    host: &Host,
+    powered: Option<&PoweredCounts>,
+    rows: Range<usize>,
+    targets: &Targets
+) {
     let c = host.classes;
-    let mut scratch = vec![0.0f32; if host.powered.is_some() { c } else { 0 }];
+    let mut scratch = vec![0.0f32; if powered.is_some() { c } else { 0 }];
     for r in rows {
         let z = host.row(r);
         let (loss, stats, objectness) = match host.label(r) {
             None => (f32::NAN, RowStats::NAN, f32::NAN),
             Some(label) => {
                 let (loss, stats) = if label < c {
-                    match &host.powered {
+                    match powered {
                         Some(powered) => class_forward_powered(&host.params, powered, &z[..c], label, &mut scratch),
                         None => class_forward(&host.params, &z[..c], label, host.log_counts),
                     }
