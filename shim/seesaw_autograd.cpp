@@ -34,8 +34,9 @@ struct SeesawShimCall {
     int64_t num_classes;
     int32_t detection;
     int32_t reduction;  // 0 none, 1 sum, 2 mean
+    int32_t has_avg_factor;
     double p, q, eps, loss_weight;
-    double avg_factor;  // < 0: none
+    double avg_factor;  // read only when has_avg_factor
 };
 
 enum { SEESAW_ERR_LEN = 4096 };
@@ -77,6 +78,7 @@ struct Saved {
         d["q"] = call.q;
         d["eps"] = call.eps;
         d["loss_weight"] = call.loss_weight;
+        d["has_avg_factor"] = static_cast<int64_t>(call.has_avg_factor);
         d["avg_factor"] = call.avg_factor;
         d["backward"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(backward));
     }
@@ -90,6 +92,7 @@ struct Saved {
         c.q = d["q"].toDouble();
         c.eps = d["eps"].toDouble();
         c.loss_weight = d["loss_weight"].toDouble();
+        c.has_avg_factor = static_cast<int32_t>(d["has_avg_factor"].toInt());
         c.avg_factor = d["avg_factor"].toDouble();
         return c;
     }

@@ -39,11 +39,13 @@ struct ShimCall {
     detection: i32,
     /// 0 none, 1 sum, 2 mean.
     reduction: i32,
+    /// Whether `avg_factor` holds one: any value, negative or NaN included,
+    /// passes through as the caller gave it.
+    has_avg_factor: i32,
     p: f64,
     q: f64,
     eps: f64,
     loss_weight: f64,
-    /// Negative: none.
     avg_factor: f64,
 }
 
@@ -101,7 +103,8 @@ impl ShimCall {
             q: call.q,
             eps: call.eps,
             loss_weight: call.loss_weight,
-            avg_factor: call.avg_factor.unwrap_or(-1.0),
+            has_avg_factor: call.avg_factor.is_some() as i32,
+            avg_factor: call.avg_factor.unwrap_or(0.0),
         }
     }
 
@@ -127,7 +130,7 @@ impl ShimCall {
                 1 => Reduction::Sum,
                 _ => Reduction::Mean,
             },
-            avg_factor: (self.avg_factor >= 0.0).then_some(self.avg_factor),
+            avg_factor: (self.has_avg_factor != 0).then_some(self.avg_factor),
         }
     }
 }

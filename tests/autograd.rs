@@ -246,3 +246,25 @@ fn forward_backward_on_the_reference_path_matches_its_autograd() {
     assert!(rel_err(&grad, &grad_of(&x)) < 1e-12);
     assert_eq!(grad.kind(), Kind::Double);
 }
+
+#[test]
+fn avg_factor_of_any_value_reaches_the_node_as_given() {
+    // The node carries avg_factor with its own presence flag: no value of it
+    // (negative included) is mistaken for "none".
+    for avg in [17.0, -4.0] {
+        let (_vs, mut fused, mut reference) = pair(true, Reduction::Mean);
+        let (scores, labels, weights) = inputs(true, 23);
+        let (a, b) = (leaf(&scores), leaf(&scores));
+        let out_a = fused.forward(&a, &labels, Some(&weights), Some(avg)).unwrap().total();
+        let out_b = reference
+            .forward(&b, &labels, Some(&weights), Some(avg))
+            .unwrap()
+            .total();
+        let e = rel_err(&out_a.to_kind(Kind::Double), &out_b.to_kind(Kind::Double));
+        assert!(e < 1e-5, "avg_factor {avg}: loss rel err {e:e}");
+        out_a.backward();
+        out_b.backward();
+        let e = rel_err(&grad_of(&a), &grad_of(&b));
+        assert!(e < 1e-5, "avg_factor {avg}: gradient rel err {e:e}");
+    }
+}
