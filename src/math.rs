@@ -83,6 +83,17 @@ pub(crate) struct RowParams {
     pub log_eps: f32,
 }
 
+impl RowParams {
+    /// A call's constants in the f32 the row passes compute in.
+    pub(crate) fn of(call: &crate::call::Call) -> RowParams {
+        RowParams {
+            p: call.p as f32,
+            q: call.q as f32,
+            log_eps: (call.eps as f32).ln(),
+        }
+    }
+}
+
 /// What the loss pass of a class row keeps for its gradient pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct RowStats {

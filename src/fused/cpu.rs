@@ -18,15 +18,6 @@ use crate::math::{
 /// The fewest logits a thread gets: below this, handing out work costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
-/// The call's constants for [`crate::math`].
-pub(crate) fn row_params(call: &Call) -> RowParams {
-    RowParams {
-        p: call.p as f32,
-        q: call.q as f32,
-        log_eps: (call.eps as f32).ln(),
-    }
-}
-
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
 struct Host<'a> {
     params: RowParams,
@@ -66,7 +57,7 @@ impl Inputs {
         // SAFETY (all four slices): contiguous CPU tensors of these kinds and
         // lengths, alive as long as `self`.
         Host {
-            params: row_params(call),
+            params: RowParams::of(call),
             logits: unsafe { slice(&self.logits, n * width) },
             labels: unsafe { slice(&self.labels, n) },
             weights: self.weights.as_ref().map(|w| unsafe { slice(w, n) }),

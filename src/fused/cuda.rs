@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::{LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Head;
+use crate::math::RowParams;
 
 /// The kernel source, compiled at run time.
 pub const KERNEL_SOURCE: &str = include_str!("../../kernels/seesaw.cu");
@@ -208,9 +209,7 @@ struct Launch {
     width: i64,
     classes: i32,
     detection: i32,
-    p: f32,
-    q: f32,
-    log_eps: f32,
+    params: RowParams,
     loss_weight: f32,
 }
 
@@ -253,9 +252,7 @@ impl Launch {
             width,
             classes: call.num_classes as i32,
             detection: (call.head == Head::Detection) as i32,
-            p: call.p as f32,
-            q: call.q as f32,
-            log_eps: (call.eps as f32).ln(),
+            params: RowParams::of(call),
             loss_weight: call.loss_weight as f32,
         })
     }
@@ -346,9 +343,9 @@ fn gradient_args<'a>(launch: &mut LaunchArgs<'a>, l: &'a Launch, up: &'a DeviceU
         .arg(&l.n)
         .arg(&l.classes)
         .arg(&l.detection)
-        .arg(&l.p)
-        .arg(&l.q)
-        .arg(&l.log_eps)
+        .arg(&l.params.p)
+        .arg(&l.params.q)
+        .arg(&l.params.log_eps)
         .arg(&l.loss_weight);
 }
 
@@ -383,9 +380,9 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
             .arg(&l.n)
             .arg(&l.classes)
             .arg(&l.detection)
-            .arg(&l.p)
-            .arg(&l.q)
-            .arg(&l.log_eps);
+            .arg(&l.params.p)
+            .arg(&l.params.q)
+            .arg(&l.params.log_eps);
         // SAFETY: see above.
         unsafe { launch.launch(l.config()?) }.context("launching seesaw_forward")?;
     }
