@@ -349,12 +349,14 @@ SEESAW_KERNELS(bf16, bf16_t)
 
 // ---- cumulative counts -------------------------------------------------------
 //
-// counts[label] += 1 for every row, on the device. Labels in a detection batch
-// are mostly background: lanes holding the same label are combined first
+// counts[label] += step for every row (step 1 to count a batch, -1 to take it
+// back out), on the device. Labels in a detection batch are mostly
+// background: lanes holding the same label are combined first
 // (__match_any_sync), so a warp issues one atomic per distinct label.
-// Out-of-range labels are skipped.
+// Out-of-range labels are skipped. The counts are int64 added as u64: two's
+// complement makes a negative step a subtraction.
 
-extern "C" __global__ void seesaw_count(const i64* __restrict__ labels, i64 n_rows, i64 n_counters,
+extern "C" __global__ void seesaw_count(const i64* __restrict__ labels, i64 n_rows, i64 n_counters, i64 step,
                                         u64* __restrict__ counts) {
     const i64 stride = (i64)gridDim.x * blockDim.x;
     // Every lane of a warp runs the same number of iterations (rounded up),
@@ -365,6 +367,6 @@ extern "C" __global__ void seesaw_count(const i64* __restrict__ labels, i64 n_ro
         const bool valid = label >= 0 && label < n_counters;
         const unsigned same = __match_any_sync(FULL_MASK, valid ? label : -1);
         const int leader = __ffs(same) - 1;
-        if (valid && (threadIdx.x & 31) == leader) atomicAdd(counts + label, (u64)__popc(same));
+        if (valid && (threadIdx.x & 31) == leader) atomicAdd(counts + label, (u64)(step * (i64)__popc(same)));
     }
 }

@@ -55,7 +55,7 @@ part_tests() {
     for tool in memcheck racecheck; do
         echo "== compute-sanitizer --tool $tool" | tee -a "$out/sanitizer.txt"
         compute-sanitizer --tool "$tool" --print-limit 20 "$here/gpu" --test-threads=1 \
-            counts_update kernel_handles out_of_range backward_on node_and_forward_backward without_host_checks \
+            counts_update kernel_handles out_of_range backward_on node_and_forward_backward without_host_checks a_failed_call \
             2>&1 | tail -20 | tee -a "$out/sanitizer.txt" || status=1
     done
     echo "== demo on the GPU (2 epochs)" | tee "$out/demo.txt"

@@ -66,25 +66,24 @@ impl Counts {
         }
     }
 
-    /// Adds one to `counts[label]` for every label, on the labels' device,
-    /// with no host round trip.
-    pub(crate) fn add(&self, labels: &Tensor) {
-        self.add_scaled(labels, 1);
-    }
-
-    /// Undoes [`Counts::add`] when the loss computation fails afterwards.
-    pub(crate) fn remove(&self, labels: &Tensor) {
-        self.add_scaled(labels, -1);
-    }
-
-    fn add_scaled(&self, labels: &Tensor, step: i64) {
+    /// Adds `step` to `counts[label]` for every label (1 counts a batch, -1
+    /// takes it back out after a failed call), on the labels' device, with no
+    /// host round trip. `on_kernel` (the fused CUDA path) uses the count
+    /// kernel, which skips out-of-range labels: the host may not have checked
+    /// them there (`device_checks_on_host`). Elsewhere the labels were checked
+    /// and libtorch's `index_add_` does it.
+    pub(crate) fn add(&self, labels: &Tensor, step: i64, on_kernel: bool) -> Result<()> {
         if labels.numel() == 0 {
-            return;
+            return Ok(());
+        }
+        if on_kernel {
+            return crate::fused::cuda::add_counts(&self.var, labels, step);
         }
         let _guard = tch::no_grad_guard();
-        let ones = Tensor::full([labels.numel() as i64], step, (Kind::Int64, labels.device()));
+        let steps = Tensor::full([labels.numel() as i64], step, (Kind::Int64, labels.device()));
         let mut var = self.var.shallow_clone();
-        let _ = var.index_add_(0, labels, &ones);
+        let _ = var.f_index_add_(0, labels, &steps)?;
+        Ok(())
     }
 
     /// `log(max(n_j, 1))` for the first `num_classes` counters, in `kind`.

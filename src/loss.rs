@@ -251,10 +251,10 @@ impl SeesawLoss {
         inputs::check_reduction(reduction, avg_factor)?;
         self.counts.check_layout(device)?;
         let use_fused = self.choose_backend(cls_score)?;
-        if use_fused && device != Device::Cpu {
+        let on_kernel = use_fused && device != Device::Cpu;
+        if on_kernel {
             fused::cuda::prepare(device)?;
         }
-        let on_kernel = use_fused && device != Device::Cpu;
         if config.device_checks_on_host || !on_kernel {
             let report = inputs::inspect(&labels, Some(self.counts.raw()))?;
             inputs::check_label_range(config, report.label_range)?;
@@ -265,11 +265,7 @@ impl SeesawLoss {
 
         // From here on the inputs are known good: the counts take the batch.
         self.counts.normalize();
-        if on_kernel {
-            fused::cuda::add_counts(self.counts.raw(), &labels)?;
-        } else {
-            self.counts.add(&labels);
-        }
+        self.counts.add(&labels, 1, on_kernel)?;
         let call = Call {
             head: config.head(),
             num_classes: config.num_classes(),
@@ -285,11 +281,10 @@ impl SeesawLoss {
             reduction,
             avg_factor,
         };
-        let result = compute(&call, use_fused);
-        if result.is_err() {
-            self.counts.remove(&call.labels);
-        }
-        result
+        compute(&call, use_fused).map_err(|e| match self.counts.add(&call.labels, -1, on_kernel) {
+            Ok(()) => e,
+            Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
+        })
     }
 
     /// Whether this call takes the fused path.

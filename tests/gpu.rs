@@ -180,3 +180,24 @@ fn without_host_checks_bad_labels_give_nan_rows_not_faults() {
     );
     tch::Cuda::synchronize(0);
 }
+
+#[test]
+fn a_failed_call_without_host_checks_takes_its_batch_back_out_on_the_device() {
+    let Some(dev) = cuda() else { return };
+    let vs = nn::VarStore::new(dev);
+    let config = SeesawConfig::detection(3).device_checks_on_host(false);
+    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let scores = Tensor::randn([4, 5], (Kind::Float, dev));
+    // Row 1's label is out of range: the rollback must skip it as the count
+    // kernel did, never index the counts with it.
+    let labels = Tensor::from_slice(&[0i64, 9, 3, 2]).to_device(dev);
+    loss.forward(&scores, &labels, None, None).unwrap();
+    let before = Vec::<i64>::try_from(loss.cum_samples().to_device(Device::Cpu)).unwrap();
+    assert_eq!(before, [1, 0, 1, 1]);
+    // CUDA forward callbacks run on the calling thread, where the fault is armed.
+    seesaw_loss::autograd_testing::inject(seesaw_loss::autograd_testing::Fault::ForwardError);
+    assert!(loss.forward(&scores, &labels, None, None).is_err());
+    let after = Vec::<i64>::try_from(loss.cum_samples().to_device(Device::Cpu)).unwrap();
+    assert_eq!(after, before);
+    tch::Cuda::synchronize(0);
+}

@@ -169,9 +169,9 @@ fn ptr(t: &Tensor) -> u64 {
     t.data_ptr() as u64
 }
 
-/// `counts[label] += 1` for every label (int64 counts and labels on the same
-/// CUDA device), with no host round trip.
-pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor) -> Result<()> {
+/// `counts[label] += step` for every label in range (int64 counts and labels
+/// on the same CUDA device), with no host round trip.
+pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64) -> Result<()> {
     let n = labels.numel() as i64;
     if n == 0 {
         return Ok(());
@@ -186,7 +186,12 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor) -> Result<()> {
         shared_mem_bytes: 0,
     };
     let mut launch = k.stream.launch_builder(&k.count);
-    launch.arg(&labels_ptr).arg(&n).arg(&n_counters).arg(&counts_ptr);
+    launch
+        .arg(&labels_ptr)
+        .arg(&n)
+        .arg(&n_counters)
+        .arg(&step)
+        .arg(&counts_ptr);
     // SAFETY: the pointers are live device tensors of the lengths passed;
     // the kernel skips out-of-range labels.
     unsafe { launch.launch(cfg) }.context("launching seesaw_count")?;
