@@ -25,11 +25,15 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels/seesaw.cu");
     println!("cargo:rerun-if-changed=shim/seesaw_autograd.cpp");
+    println!("cargo:rerun-if-changed=kernels/emulator.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = PathBuf::from(
         env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys publishes DEP_TCH_LIBTORCH_LIB (its `links` metadata)"),
     );
     compile_shim(&lib);
+    if env::var_os("CARGO_FEATURE_KERNEL_EMULATION").is_some() {
+        compile_emulator();
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // The wheel layout: site-packages/torch/lib and site-packages/nvidia/cu13/lib.
     if let Some(site_packages) = lib.parent().and_then(|torch| torch.parent()) {
@@ -70,4 +74,17 @@ fn compile_shim(lib: &std::path::Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("seesaw_autograd_shim");
+}
+
+/// The host emulator of the kernels (feature `kernel-emulation`, a test aid):
+/// plain C++17, no libtorch.
+fn compile_emulator() {
+    cc::Build::new()
+        .cpp(true)
+        .file("kernels/emulator.cpp")
+        .flag("-std=c++17")
+        .flag("-fno-strict-aliasing")
+        .opt_level(2)
+        .warnings(false)
+        .compile("seesaw_kernel_emulator");
 }

@@ -29,15 +29,27 @@ struct bf16_t { u16 bits; };
 
 // ---- storage kinds <-> f32 ---------------------------------------------------
 
+// IEEE half conversions: one PTX instruction each on the device. The host
+// emulator (kernels/emulator.cpp) defines SEESAW_HOST_EMULATION and brings
+// its own, as it has no PTX.
+#ifndef SEESAW_HOST_EMULATION
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f32_to_f16(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+#endif
+
 __device__ __forceinline__ float load(const float* p) { return *p; }
 __device__ __forceinline__ float load(const bf16_t* p) {
     return __int_as_float(((int)p->bits) << 16);
 }
-__device__ __forceinline__ float load(const f16_t* p) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p->bits));
-    return f;
-}
+__device__ __forceinline__ float load(const f16_t* p) { return f16_to_f32(p->bits); }
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_t* p, float v) {
@@ -49,11 +61,7 @@ __device__ __forceinline__ void store(bf16_t* p, float v) {
     u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
     p->bits = (u16)(u >> 16);
 }
-__device__ __forceinline__ void store(f16_t* p, float v) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    p->bits = h;
-}
+__device__ __forceinline__ void store(f16_t* p, float v) { p->bits = f32_to_f16(v); }
 
 // ---- online logsumexp of pass 1 ----------------------------------------------
 

@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
 seesaw_libtorch_env
 cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test "$@"
+# The tests run with the kernel emulator (feature kernel-emulation), so the
+# CUDA path's kernels and host code are checked on machines without a GPU.
+cargo clippy --all-targets --features kernel-emulation --quiet -- -D warnings
+cargo clippy --lib --quiet -- -D warnings
+cargo test --features kernel-emulation "$@"
 smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
 cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --json "$smoke/demo.json" >/dev/null

@@ -52,6 +52,9 @@ pub use autograd::testing as autograd_testing;
 pub use config::{Backend, Head, Reduction, SeesawConfig};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
+#[cfg(feature = "kernel-emulation")]
+#[doc(hidden)]
+pub use fused::emulation as kernel_emulation;
 pub use loss::{SeesawAccuracy, SeesawLoss, SeesawOutput};
 
 /// The README's Rust example compiles and runs as a doctest.

@@ -3,7 +3,7 @@
 use std::borrow::Borrow;
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::call::{Call, Parts};
 use crate::config::{Backend, Head, Reduction, SeesawConfig};
@@ -212,6 +212,34 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
     ) -> Result<(SeesawOutput, Tensor)> {
         let reduction = self.config.reduction;
+        self.forward_backward_with_reduction(cls_score, labels, label_weights, avg_factor, reduction)
+    }
+
+    /// [`forward_backward`](SeesawLoss::forward_backward) with an explicit
+    /// reduction, as [`forward_with_reduction`](SeesawLoss::forward_with_reduction)
+    /// takes it. With [`Reduction::None`] the gradient is that of the sum of
+    /// every output element.
+    ///
+    /// ```
+    /// use seesaw_loss::{Reduction, SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(5))?;
+    /// let scores = Tensor::randn([8, 5], (Kind::Float, Device::Cpu));
+    /// let labels = Tensor::randint(5, [8], (Kind::Int64, Device::Cpu));
+    /// let (out, grad) = loss.forward_backward_with_reduction(&scores, &labels, None, None, Reduction::Sum)?;
+    /// assert_eq!(out.classes.size(), Vec::<i64>::new());
+    /// assert_eq!(grad.size(), [8, 5]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn forward_backward_with_reduction(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+        reduction: Reduction,
+    ) -> Result<(SeesawOutput, Tensor)> {
         self.run(
             cls_score,
             labels,
@@ -251,7 +279,7 @@ impl SeesawLoss {
         inputs::check_reduction(reduction, avg_factor)?;
         self.counts.check_layout(device)?;
         let use_fused = self.choose_backend(cls_score)?;
-        let on_kernel = use_fused && device != Device::Cpu;
+        let on_kernel = use_fused && fused::on_kernel(device);
         if on_kernel {
             fused::cuda::prepare(device)?;
         }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 use once_cell::sync::Lazy;
 use tch::{Device, Kind, Tensor};
@@ -87,31 +87,48 @@ pub fn compile_ptx(arch: u32) -> Result<Ptx> {
     })
 }
 
-/// The three row kernels of one storage kind.
-struct RowKernels {
-    forward: CudaFunction,
-    backward: CudaFunction,
-    fused: CudaFunction,
+/// Every kernel of the module, by name.
+const KERNEL_NAMES: [&str; 10] = [
+    "seesaw_forward_f32",
+    "seesaw_backward_f32",
+    "seesaw_fused_f32",
+    "seesaw_forward_f16",
+    "seesaw_backward_f16",
+    "seesaw_fused_f16",
+    "seesaw_forward_bf16",
+    "seesaw_backward_bf16",
+    "seesaw_fused_bf16",
+    "seesaw_count",
+];
+
+/// The row kernels: the loss pass, the gradient pass, both.
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+    Fused,
+}
+
+/// The row kernel of `pass` for logits of `kind`.
+fn row_kernel(pass: Pass, kind: Kind) -> Result<&'static str> {
+    Ok(match (pass, kind) {
+        (Pass::Forward, Kind::Float) => "seesaw_forward_f32",
+        (Pass::Backward, Kind::Float) => "seesaw_backward_f32",
+        (Pass::Fused, Kind::Float) => "seesaw_fused_f32",
+        (Pass::Forward, Kind::Half) => "seesaw_forward_f16",
+        (Pass::Backward, Kind::Half) => "seesaw_backward_f16",
+        (Pass::Fused, Kind::Half) => "seesaw_fused_f16",
+        (Pass::Forward, Kind::BFloat16) => "seesaw_forward_bf16",
+        (Pass::Backward, Kind::BFloat16) => "seesaw_backward_bf16",
+        (Pass::Fused, Kind::BFloat16) => "seesaw_fused_bf16",
+        (_, other) => bail!("the fused kernels take f32, f16 or bf16, got {other:?}"),
+    })
 }
 
 /// The loaded module of one device.
 struct DeviceKernels {
     stream: Arc<CudaStream>,
-    f32: RowKernels,
-    f16: RowKernels,
-    bf16: RowKernels,
-    count: CudaFunction,
-}
-
-impl DeviceKernels {
-    fn for_kind(&self, kind: Kind) -> Result<&RowKernels> {
-        Ok(match kind {
-            Kind::Float => &self.f32,
-            Kind::Half => &self.f16,
-            Kind::BFloat16 => &self.bf16,
-            other => bail!("the fused kernels take f32, f16 or bf16, got {other:?}"),
-        })
-    }
+    functions: HashMap<&'static str, CudaFunction>,
 }
 
 // SAFETY: cudarc's handles are plain driver handles used from any thread;
@@ -133,40 +150,118 @@ fn kernels(ordinal: usize) -> Result<Arc<DeviceKernels>> {
     let (major, minor) = ctx.compute_capability()?;
     let ptx = compile_ptx((major * 10 + minor) as u32)?;
     let module = ctx.load_module(ptx).context("loading the seesaw kernels")?;
-    let load = |name: &str| module.load_function(name).with_context(|| format!("kernel {name}"));
-    let row_kernels = |suffix: &str| -> Result<RowKernels> {
-        Ok(RowKernels {
-            forward: load(&format!("seesaw_forward_{suffix}"))?,
-            backward: load(&format!("seesaw_backward_{suffix}"))?,
-            fused: load(&format!("seesaw_fused_{suffix}"))?,
-        })
-    };
+    let mut functions = HashMap::new();
+    for name in KERNEL_NAMES {
+        let f = module.load_function(name).with_context(|| format!("kernel {name}"))?;
+        functions.insert(name, f);
+    }
     let k = Arc::new(DeviceKernels {
         stream: ctx.default_stream(),
-        f32: row_kernels("f32")?,
-        f16: row_kernels("f16")?,
-        bf16: row_kernels("bf16")?,
-        count: load("seesaw_count")?,
+        functions,
     });
     cache.insert(ordinal, k.clone());
     Ok(k)
 }
 
-fn ordinal(device: Device) -> Result<usize> {
-    match device {
-        Device::Cuda(i) => Ok(i),
-        other => bail!("expected a CUDA tensor, got one on {other:?}"),
+/// One kernel argument by value, as `cuLaunchKernel` takes it.
+#[derive(Clone, Copy)]
+pub(crate) enum Arg {
+    /// A tensor's address (0 for none) and the bytes from there that the
+    /// kernel may touch; the emulator guards that range.
+    Buffer {
+        addr: u64,
+        #[cfg_attr(not(feature = "kernel-emulation"), allow(dead_code))]
+        bytes: u64,
+    },
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+impl Arg {
+    fn of(t: &Tensor) -> Arg {
+        Arg::Buffer {
+            addr: t.data_ptr() as u64,
+            bytes: extent_bytes(t),
+        }
+    }
+
+    fn of_optional(t: Option<&Tensor>) -> Arg {
+        t.map_or(Arg::Buffer { addr: 0, bytes: 0 }, Arg::of)
+    }
+}
+
+/// Bytes from a tensor's first element to the end of its last. Strides are
+/// non-negative: the tensors launched are made here or checked to be.
+fn extent_bytes(t: &Tensor) -> u64 {
+    if t.numel() == 0 {
+        return 0;
+    }
+    let last: i64 = t.size().iter().zip(t.stride()).map(|(n, s)| (n - 1) * s).sum();
+    (last as u64 + 1) * t.kind().elt_size_in_bytes() as u64
+}
+
+/// What runs a launch: the GPU through the driver, or (tests on machines
+/// without one) the host emulator of `kernels/emulator.cpp` on CPU tensors.
+enum Executor {
+    Driver(Arc<DeviceKernels>),
+    #[cfg(feature = "kernel-emulation")]
+    Emulator,
+}
+
+impl Executor {
+    /// The executor for tensors on `device`, the kernels compiled and loaded.
+    fn of(device: Device) -> Result<Executor> {
+        match device {
+            Device::Cuda(ordinal) => Ok(Executor::Driver(kernels(ordinal)?)),
+            #[cfg(feature = "kernel-emulation")]
+            Device::Cpu if super::emulation::enabled() => Ok(Executor::Emulator),
+            other => bail!("expected a CUDA tensor, got one on {other:?}"),
+        }
+    }
+
+    /// Launches `kernel` on a 1-D grid, in stream order with libtorch's work.
+    ///
+    /// # Safety
+    /// The arguments match the kernel's parameters in order and type, and
+    /// every buffer is a live tensor on the executor's device that covers
+    /// what the kernel's contract (kernels/seesaw.cu) lets it touch. Tensors
+    /// freed after the call stay valid for the launch: libtorch's caching
+    /// allocator reuses memory in stream order on the same (null) stream.
+    unsafe fn launch(&self, kernel: &'static str, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
+        match self {
+            Executor::Driver(k) => {
+                let f = k
+                    .functions
+                    .get(kernel)
+                    .ok_or_else(|| anyhow!("no kernel named {kernel}"))?;
+                let mut launch = k.stream.launch_builder(f);
+                for arg in args {
+                    match arg {
+                        Arg::Buffer { addr, .. } => launch.arg(addr),
+                        Arg::I64(v) => launch.arg(v),
+                        Arg::I32(v) => launch.arg(v),
+                        Arg::F32(v) => launch.arg(v),
+                    };
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (grid, 1, 1),
+                    block_dim: (block, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch.launch(cfg).with_context(|| format!("launching {kernel}"))?;
+                Ok(())
+            }
+            #[cfg(feature = "kernel-emulation")]
+            Executor::Emulator => super::emulation::launch(kernel, grid, block, args),
+        }
     }
 }
 
 /// Compiles and loads the kernels for `device` now, so that a failure is
 /// reported before the counts change.
 pub(crate) fn prepare(device: Device) -> Result<()> {
-    kernels(ordinal(device)?).map(|_| ())
-}
-
-fn ptr(t: &Tensor) -> u64 {
-    t.data_ptr() as u64
+    Executor::of(device).map(|_| ())
 }
 
 /// `counts[label] += step` for every label in range (int64 counts and labels
@@ -176,40 +271,29 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64) -> Result<
     if n == 0 {
         return Ok(());
     }
-    let k = kernels(ordinal(labels.device())?)?;
+    let executor = Executor::of(labels.device())?;
     let labels = labels.contiguous();
-    let (labels_ptr, counts_ptr, n_counters) = (ptr(&labels), ptr(counts), counts.numel() as i64);
     let blocks = (n as u64).div_ceil(COUNT_BLOCK as u64).min(1024) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (COUNT_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = k.stream.launch_builder(&k.count);
-    launch
-        .arg(&labels_ptr)
-        .arg(&n)
-        .arg(&n_counters)
-        .arg(&step)
-        .arg(&counts_ptr);
-    // SAFETY: the pointers are live device tensors of the lengths passed;
-    // the kernel skips out-of-range labels.
-    unsafe { launch.launch(cfg) }.context("launching seesaw_count")?;
-    Ok(())
+    let args = [
+        Arg::of(&labels),
+        Arg::I64(n),
+        Arg::I64(counts.numel() as i64),
+        Arg::I64(step),
+        Arg::of(counts),
+    ];
+    // SAFETY: seesaw_count's parameters; live tensors of the lengths passed,
+    // and the kernel skips out-of-range labels.
+    unsafe { executor.launch("seesaw_count", blocks, COUNT_BLOCK, &args) }
 }
 
-/// A call's device inputs in the layout the kernels take.
+/// A call's inputs in the layout the kernels take.
 struct Launch {
-    k: Arc<DeviceKernels>,
-    /// Device addresses of the tensors below, as the kernels take them
-    /// (0 for absent weights).
-    pointers: Pointers,
+    executor: Executor,
     scores: Tensor,
     row_stride: i64,
-    // Alive as long as `pointers` is used.
-    _labels: Tensor,
-    _weights: Option<Tensor>,
-    _log_counts: Tensor,
+    labels: Tensor,
+    weights: Option<Tensor>,
+    log_counts: Tensor,
     n: i64,
     width: i64,
     classes: i32,
@@ -218,17 +302,9 @@ struct Launch {
     loss_weight: f32,
 }
 
-struct Pointers {
-    scores: u64,
-    labels: u64,
-    weights: u64,
-    log_counts: u64,
-}
-
 impl Launch {
     fn of(call: &Call) -> Result<Launch> {
-        let device = call.scores.device();
-        let k = kernels(ordinal(device)?)?;
+        let executor = Executor::of(call.scores.device())?;
         let scores = call.scores.detach();
         // Rows may be strided; columns must be adjacent.
         let scores = if scores.size()[1] > 1 && scores.stride()[1] != 1 {
@@ -237,22 +313,13 @@ impl Launch {
             scores
         };
         let (n, width) = (scores.size()[0], scores.size()[1]);
-        let labels = call.labels.contiguous();
-        let weights = call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous());
-        let log_counts = call.log_counts.to_kind(Kind::Float).contiguous();
         Ok(Launch {
-            k,
-            pointers: Pointers {
-                scores: ptr(&scores),
-                labels: ptr(&labels),
-                weights: weights.as_ref().map_or(0, ptr),
-                log_counts: ptr(&log_counts),
-            },
+            executor,
             row_stride: if n > 1 { scores.stride()[0] } else { width },
             scores,
-            _labels: labels,
-            _weights: weights,
-            _log_counts: log_counts,
+            labels: call.labels.contiguous(),
+            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
+            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
             n,
             width,
             classes: call.num_classes as i32,
@@ -266,18 +333,19 @@ impl Launch {
         self.scores.device()
     }
 
-    fn config(&self) -> Result<LaunchConfig> {
+    /// Launches `pass` over every row (one warp per row), with `args` the
+    /// kernel's full argument list; nothing for zero rows.
+    fn rows(&self, pass: Pass, args: &[Arg]) -> Result<()> {
+        if self.n == 0 {
+            return Ok(());
+        }
         let blocks =
             u32::try_from((self.n as u64).div_ceil(ROWS_PER_BLOCK as u64)).context("too many rows for one launch")?;
-        Ok(LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        })
-    }
-
-    fn kernels(&self) -> Result<&RowKernels> {
-        self.k.for_kind(self.scores.kind())
+        let kernel = row_kernel(pass, self.scores.kind())?;
+        // SAFETY: the argument lists below follow the kernels' signatures,
+        // and every buffer is a tensor of this call with the shape the
+        // kernels' contract names (kernels/seesaw.cu).
+        unsafe { self.executor.launch(kernel, blocks, 32 * ROWS_PER_BLOCK, args) }
     }
 
     fn loss_rows(&self) -> LossRows {
@@ -295,6 +363,43 @@ impl Launch {
         poison([&grad]);
         grad
     }
+
+    /// The arguments seesaw_backward and seesaw_fused start with: the
+    /// logits, the gradient to write, labels, weights and log counts.
+    fn input_args(&self, grad: &Tensor) -> [Arg; 6] {
+        [
+            Arg::of(&self.scores),
+            Arg::I64(self.row_stride),
+            Arg::of(grad),
+            Arg::of(&self.labels),
+            Arg::of_optional(self.weights.as_ref()),
+            Arg::of(&self.log_counts),
+        ]
+    }
+
+    /// The arguments seesaw_backward and seesaw_fused end with: the upstream
+    /// multipliers, the shape and the call's constants.
+    fn gradient_args(&self, up: &Upstream) -> [Arg; 11] {
+        let multiplier = |t: &Option<Tensor>| match t {
+            Some(t) => (Arg::of(t), Arg::I64(Upstream::stride(t) as i64)),
+            None => (Arg::of_optional(None), Arg::I64(0)),
+        };
+        let (classes, classes_stride) = multiplier(&up.classes);
+        let (objectness, objectness_stride) = multiplier(&up.objectness);
+        [
+            classes,
+            classes_stride,
+            objectness,
+            objectness_stride,
+            Arg::I64(self.n),
+            Arg::I32(self.classes),
+            Arg::I32(self.detection),
+            Arg::F32(self.params.p),
+            Arg::F32(self.params.q),
+            Arg::F32(self.params.log_eps),
+            Arg::F32(self.loss_weight),
+        ]
+    }
 }
 
 /// Test aid (`SEESAW_POISON_OUTPUTS=1`): an element a kernel fails to write
@@ -307,58 +412,6 @@ fn poison<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
     }
 }
 
-/// Device pointers and strides of the upstream multipliers (null: unused).
-struct DeviceUpstream {
-    _owners: Upstream,
-    classes: (u64, i64),
-    objectness: (u64, i64),
-}
-
-fn device_upstream(upstream: &Upstream, device: Device) -> DeviceUpstream {
-    let placed = upstream.on(device);
-    let args = |t: &Option<Tensor>| t.as_ref().map_or((0, 0), |t| (ptr(t), Upstream::stride(t) as i64));
-    DeviceUpstream {
-        classes: args(&placed.classes),
-        objectness: args(&placed.objectness),
-        _owners: placed,
-    }
-}
-
-/// The arguments seesaw_backward and seesaw_fused start with: the logits,
-/// the gradient to write, labels, weights and log counts.
-fn input_args<'a>(launch: &mut LaunchArgs<'a>, l: &'a Launch, grad: &'a u64) {
-    let p = &l.pointers;
-    launch
-        .arg(&p.scores)
-        .arg(&l.row_stride)
-        .arg(grad)
-        .arg(&p.labels)
-        .arg(&p.weights)
-        .arg(&p.log_counts);
-}
-
-/// The arguments seesaw_backward and seesaw_fused end with: the upstream
-/// multipliers, the shape and the call's constants.
-fn gradient_args<'a>(launch: &mut LaunchArgs<'a>, l: &'a Launch, up: &'a DeviceUpstream) {
-    launch
-        .arg(&up.classes.0)
-        .arg(&up.classes.1)
-        .arg(&up.objectness.0)
-        .arg(&up.objectness.1)
-        .arg(&l.n)
-        .arg(&l.classes)
-        .arg(&l.detection)
-        .arg(&l.params.p)
-        .arg(&l.params.q)
-        .arg(&l.params.log_eps)
-        .arg(&l.loss_weight);
-}
-
-// SAFETY (for the launches below): every pointer is a live device tensor on
-// this device with the shape the kernel's contract names (kernels/seesaw.cu);
-// the tensors outlive the launch in stream order because libtorch's caching
-// allocator reuses memory only in stream order on the same (null) stream.
-
 /// The loss pass over every row: unweighted losses and `[N, 2]` row stats.
 pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     let _guard = tch::no_grad_guard();
@@ -366,31 +419,24 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     let rows = l.loss_rows();
     let stats = Tensor::empty([l.n, 2], (Kind::Float, l.device()));
     poison([&stats]);
-    if l.n > 0 {
-        let p = &l.pointers;
-        let (class_loss, obj_loss, stats_ptr) = (
-            ptr(&rows.class_loss),
-            rows.objectness_loss.as_ref().map_or(0, ptr),
-            ptr(&stats),
-        );
-        let mut launch = l.k.stream.launch_builder(&l.kernels()?.forward);
-        launch
-            .arg(&p.scores)
-            .arg(&l.row_stride)
-            .arg(&p.labels)
-            .arg(&p.log_counts)
-            .arg(&class_loss)
-            .arg(&obj_loss)
-            .arg(&stats_ptr)
-            .arg(&l.n)
-            .arg(&l.classes)
-            .arg(&l.detection)
-            .arg(&l.params.p)
-            .arg(&l.params.q)
-            .arg(&l.params.log_eps);
-        // SAFETY: see above.
-        unsafe { launch.launch(l.config()?) }.context("launching seesaw_forward")?;
-    }
+    l.rows(
+        Pass::Forward,
+        &[
+            Arg::of(&l.scores),
+            Arg::I64(l.row_stride),
+            Arg::of(&l.labels),
+            Arg::of(&l.log_counts),
+            Arg::of(&rows.class_loss),
+            Arg::of_optional(rows.objectness_loss.as_ref()),
+            Arg::of(&stats),
+            Arg::I64(l.n),
+            Arg::I32(l.classes),
+            Arg::I32(l.detection),
+            Arg::F32(l.params.p),
+            Arg::F32(l.params.q),
+            Arg::F32(l.params.log_eps),
+        ],
+    )?;
     Ok((rows, stats))
 }
 
@@ -403,16 +449,14 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     if stats.size() != [l.n, 2] {
         bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n);
     }
-    let up = device_upstream(upstream, l.device());
-    if l.n > 0 {
-        let (grad_ptr, stats_ptr) = (ptr(&grad), ptr(&stats));
-        let mut launch = l.k.stream.launch_builder(&l.kernels()?.backward);
-        input_args(&mut launch, &l, &grad_ptr);
-        launch.arg(&stats_ptr);
-        gradient_args(&mut launch, &l, &up);
-        // SAFETY: see above.
-        unsafe { launch.launch(l.config()?) }.context("launching seesaw_backward")?;
-    }
+    let up = upstream.on(l.device());
+    let args: Vec<Arg> = l
+        .input_args(&grad)
+        .into_iter()
+        .chain([Arg::of(&stats)])
+        .chain(l.gradient_args(&up))
+        .collect();
+    l.rows(Pass::Backward, &args)?;
     Ok(grad)
 }
 
@@ -423,16 +467,16 @@ pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(Loss
     let l = Launch::of(call)?;
     let rows = l.loss_rows();
     let grad = l.grad();
-    let up = device_upstream(upstream, l.device());
-    if l.n > 0 {
-        let grad_ptr = ptr(&grad);
-        let (class_loss, obj_loss) = (ptr(&rows.class_loss), rows.objectness_loss.as_ref().map_or(0, ptr));
-        let mut launch = l.k.stream.launch_builder(&l.kernels()?.fused);
-        input_args(&mut launch, &l, &grad_ptr);
-        launch.arg(&class_loss).arg(&obj_loss);
-        gradient_args(&mut launch, &l, &up);
-        // SAFETY: see above.
-        unsafe { launch.launch(l.config()?) }.context("launching seesaw_fused")?;
-    }
+    let up = upstream.on(l.device());
+    let args: Vec<Arg> = l
+        .input_args(&grad)
+        .into_iter()
+        .chain([
+            Arg::of(&rows.class_loss),
+            Arg::of_optional(rows.objectness_loss.as_ref()),
+        ])
+        .chain(l.gradient_args(&up))
+        .collect();
+    l.rows(Pass::Fused, &args)?;
     Ok((rows, grad))
 }

@@ -13,6 +13,8 @@
 
 pub(crate) mod cpu;
 pub mod cuda;
+#[cfg(feature = "kernel-emulation")]
+pub mod emulation;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -69,6 +71,42 @@ impl Upstream {
     }
 }
 
+/// Whether the fused rows of a call on `device` run as the CUDA kernel: on
+/// CUDA tensors, and on CPU tensors under the kernel emulator (tests).
+pub(crate) fn on_kernel(device: Device) -> bool {
+    match device {
+        Device::Cuda(_) => true,
+        Device::Cpu => emulating(),
+        _ => false,
+    }
+}
+
+#[cfg(feature = "kernel-emulation")]
+fn emulating() -> bool {
+    emulation::enabled()
+}
+
+#[cfg(not(feature = "kernel-emulation"))]
+fn emulating() -> bool {
+    false
+}
+
+/// What runs the rows of a call: the CUDA kernel or the CPU mirror.
+enum RowsOn {
+    Kernel,
+    Mirror,
+}
+
+fn rows_on(device: Device) -> Result<RowsOn> {
+    if on_kernel(device) {
+        Ok(RowsOn::Kernel)
+    } else if device == Device::Cpu {
+        Ok(RowsOn::Mirror)
+    } else {
+        bail!("no fused path for scores on {device:?}")
+    }
+}
+
 /// Why the fused path cannot take a call, or `None` when it can.
 pub(crate) fn unsupported(scores: &Tensor) -> Option<String> {
     let kind = scores.kind();
@@ -97,10 +135,9 @@ pub(crate) fn forward(call: &Call) -> Result<Parts> {
 /// Loss pass of the node's forward: the reduced parts (per row for
 /// [`Reduction::None`]) and the row stats its backward needs.
 pub(crate) fn node_forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
-    let (rows, stats) = match call.scores.device() {
-        Device::Cpu => cpu::forward(call)?,
-        Device::Cuda(_) => cuda::forward(call)?,
-        other => bail!("no fused path for scores on {other:?}"),
+    let (rows, stats) = match rows_on(call.scores.device())? {
+        RowsOn::Mirror => cpu::forward(call)?,
+        RowsOn::Kernel => cuda::forward(call)?,
     };
     let (classes, objectness) = reduce(call, rows, mean_scales(call).as_ref());
     Ok((classes, objectness, stats))
@@ -127,10 +164,9 @@ pub(crate) fn node_backward(
         classes: g_classes.map(|g| scaled(g, scales.as_ref().map(|s| &s.0))),
         objectness: g_objectness.map(|g| scaled(g, scales.as_ref().map(|s| &s.1))),
     };
-    match call.scores.device() {
-        Device::Cpu => cpu::backward(call, stats, &upstream),
-        Device::Cuda(_) => cuda::backward(call, stats, &upstream),
-        other => bail!("no fused path for scores on {other:?}"),
+    match rows_on(call.scores.device())? {
+        RowsOn::Mirror => cpu::backward(call, stats, &upstream),
+        RowsOn::Kernel => cuda::backward(call, stats, &upstream),
     }
 }
 
@@ -147,10 +183,9 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
         classes: Some(class_scale),
         objectness: (call.head == Head::Detection).then_some(objectness_scale),
     };
-    let (rows, grad) = match call.scores.device() {
-        Device::Cpu => cpu::forward_backward(call, &upstream)?,
-        Device::Cuda(_) => cuda::forward_backward(call, &upstream)?,
-        other => bail!("no fused path for scores on {other:?}"),
+    let (rows, grad) = match rows_on(call.scores.device())? {
+        RowsOn::Mirror => cpu::forward_backward(call, &upstream)?,
+        RowsOn::Kernel => cuda::forward_backward(call, &upstream)?,
     };
     let (classes, objectness) = reduce(call, rows, scales.as_ref());
     Ok((

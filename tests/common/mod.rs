@@ -3,6 +3,8 @@
 //! conversions between tensors and plain vectors.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use seesaw_loss::Reduction;
 use tch::{Device, Kind, Tensor};
 
@@ -333,8 +335,9 @@ impl SweepCase {
 }
 
 /// Runs the case with backend `a.0` on device `a.1` and with `b` (the side
-/// held to be right), two steps each so that counts matter, and returns
-/// (worst relative error of the outputs, of the gradients).
+/// held to be right), two steps each so that counts matter, through the
+/// autograd node and through `forward_backward` (a second loss in lockstep),
+/// and returns (worst relative error of the outputs, of the gradients).
 pub fn sweep_case(
     case: SweepCase,
     a: (seesaw_loss::Backend, Device),
@@ -352,9 +355,18 @@ pub fn sweep_case(
         };
         base.p(case.p).q(case.q).loss_weight(0.9).backend(backend)
     };
-    let run = |backend: Backend, dev: Device| -> Vec<(Vec<Tensor>, Tensor)> {
+    let outputs = |out: &seesaw_loss::SeesawOutput| {
+        let mut outs = vec![out.classes.to_kind(Kind::Double).to_device(Device::Cpu)];
+        if let Some(o) = &out.objectness {
+            outs.push(o.to_kind(Kind::Double).to_device(Device::Cpu));
+        }
+        outs
+    };
+    // Per step: the node's (outputs, gradient), then forward_backward's.
+    let run = |backend: Backend, dev: Device| -> Vec<[(Vec<Tensor>, Tensor); 2]> {
         let vs = tch::nn::VarStore::new(dev);
-        let mut loss = SeesawLoss::new(vs.root(), config(backend)).unwrap();
+        let mut loss = SeesawLoss::new(vs.root() / "node", config(backend)).unwrap();
+        let mut fb_loss = SeesawLoss::new(vs.root() / "fb", config(backend)).unwrap();
         (0..2)
             .map(|step| {
                 tch::manual_seed(seed * 10 + step);
@@ -367,6 +379,7 @@ pub fn sweep_case(
                 }
                 let labels = Tensor::randint(high, [case.n], (Kind::Int64, Device::Cpu)).to_device(dev);
                 let weights = (Tensor::rand([case.n], (Kind::Float, Device::Cpu)) + 0.5).to_device(dev);
+                let weights = case.weighted.then_some(&weights);
                 let leaf = base.to_kind(case.kind).to_device(dev).detach().set_requires_grad(true);
                 let scores = if case.strided {
                     leaf.slice(1, 0, 2 * width, 2)
@@ -374,32 +387,42 @@ pub fn sweep_case(
                     leaf.shallow_clone()
                 };
                 let out = loss
-                    .forward_with_reduction(
-                        &scores,
+                    .forward_with_reduction(&scores, &labels, weights, case.avg_factor, case.reduction)
+                    .unwrap();
+                out.total().backward();
+                let grad = leaf.grad();
+                let grad = if case.strided {
+                    grad.slice(1, 0, 2 * width, 2)
+                } else {
+                    grad
+                };
+                let node = (outputs(&out), grad.to_kind(Kind::Double).to_device(Device::Cpu));
+                let (fb_out, fb_grad) = fb_loss
+                    .forward_backward_with_reduction(
+                        &scores.detach(),
                         &labels,
-                        case.weighted.then_some(&weights),
+                        weights,
                         case.avg_factor,
                         case.reduction,
                     )
                     .unwrap();
-                out.total().backward();
-                let mut outs = vec![out.classes.to_kind(Kind::Double).to_device(Device::Cpu)];
-                if let Some(o) = &out.objectness {
-                    outs.push(o.to_kind(Kind::Double).to_device(Device::Cpu));
-                }
-                (outs, leaf.grad().to_kind(Kind::Double).to_device(Device::Cpu))
+                let fb = (outputs(&fb_out), fb_grad.to_kind(Kind::Double).to_device(Device::Cpu));
+                [node, fb]
             })
             .collect()
     };
     let fused = run(a.0, a.1);
     let reference = run(b.0, b.1);
     let (mut out_err, mut grad_err) = (0f64, 0f64);
-    for ((fo, fg), (ro, rg)) in fused.iter().zip(&reference) {
-        for (a, b) in fo.iter().zip(ro) {
-            assert_eq!(a.size(), b.size(), "{case:?}: output shapes differ");
-            out_err = out_err.max(rel_err(a, b));
+    for (f_step, r_step) in fused.iter().zip(&reference) {
+        for ((fo, fg), (ro, rg)) in f_step.iter().zip(r_step) {
+            for (a, b) in fo.iter().zip(ro) {
+                assert_eq!(a.size(), b.size(), "{case:?}: output shapes differ");
+                out_err = out_err.max(rel_err(a, b));
+            }
+            assert_eq!(fg.size(), rg.size(), "{case:?}: gradient shapes differ");
+            grad_err = grad_err.max(rel_err(fg, rg));
         }
-        grad_err = grad_err.max(rel_err(fg, rg));
     }
     (out_err, grad_err)
 }

@@ -1,0 +1,441 @@
+// Runs the kernels of kernels/seesaw.cu on the host, so that tests on a
+// machine without a GPU exercise the kernel source itself and the host code
+// that launches it (cargo feature `kernel-emulation`, src/fused/emulation.rs).
+//
+// A warp is 32 fibers (ucontext) on one OS thread, resumed in lane order. A
+// warp intrinsic (__shfl_xor_sync, __match_any_sync) is a point where every
+// lane yields: once all 32 have arrived, each reads what the others left, as
+// the lanes of a warp meet on the device. Blocks run on several OS threads,
+// so the count kernel's atomics race as they do on a GPU.
+//
+// Checks the device would not report (each fails the launch with a message):
+//   - the launch's arguments match the kernel's parameters in number and size
+//     (on a GPU a mismatch is silently misread arguments);
+//   - every lane of a warp reaches the same intrinsic with the full mask, or
+//     none does (diverged warp intrinsics are undefined on the device);
+//   - no access runs past the end of a buffer: each buffer argument is copied
+//     to the end of a mapping followed by an inaccessible page, and a fault
+//     there stops the process with the kernel's and argument's names.
+// What it does not model: the device's expf / logf (host libm; both within a
+// few ulp), memory ordering between warps, reads before a buffer's start.
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <math.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace emu {
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+constexpr int WARP = 32;
+constexpr size_t STACK_BYTES = 128 * 1024;
+
+enum class Op : int { None, Shuffle, Match };
+
+// Where a lane stopped: the intrinsic and its lane mask / xor offset.
+struct Meeting {
+    Op op;
+    unsigned mask;
+    int arg;
+};
+
+struct Body {
+    void (*invoke)(void* fn, void* const* values);
+    void* fn;
+    void* const* values;
+};
+
+// One warp's fibers and its exchange slots (two rows: a lane that resumes
+// from meeting r and reaches meeting r+1 writes the other row, so its
+// neighbours can still read row r).
+struct Warp {
+    ucontext_t scheduler;
+    ucontext_t lanes[WARP];
+    std::vector<char> stacks = std::vector<char>(WARP * STACK_BYTES);
+    bool exited[WARP];
+    Meeting at[WARP];
+    uint64_t slots[2][WARP];
+    unsigned round = 0;
+    dim3 block_idx, block_dim, grid_dim;
+    dim3 thread_idx[WARP];
+    Body body;
+};
+
+thread_local Warp* current = nullptr;
+thread_local int current_lane = 0;
+
+void lane_main() {
+    Warp* w = current;
+    w->body.invoke(w->body.fn, w->body.values);
+    w->exited[current_lane] = true;
+    // uc_link returns to the scheduler.
+}
+
+// Every lane writes `value`, yields, and once all have met reads the row.
+const uint64_t* meet(Op op, unsigned mask, int arg, uint64_t value) {
+    Warp& w = *current;
+    const int lane = current_lane;
+    const unsigned r = w.round;
+    w.slots[r & 1][lane] = value;
+    w.at[lane] = {op, mask, arg};
+    swapcontext(&w.lanes[lane], &w.scheduler);
+    return w.slots[r & 1];
+}
+
+void resume(Warp& w, int lane) {
+    current_lane = lane;
+    swapcontext(&w.scheduler, &w.lanes[lane]);
+}
+
+// Runs one warp to the end; returns an error message or "".
+std::string run_warp(Warp& w, unsigned block, unsigned first_thread) {
+    current = &w;
+    w.round = 0;
+    w.block_idx.x = block;
+    for (int lane = 0; lane < WARP; ++lane) {
+        w.exited[lane] = false;
+        w.at[lane] = {Op::None, 0, 0};
+        w.thread_idx[lane].x = first_thread + lane;
+        getcontext(&w.lanes[lane]);
+        w.lanes[lane].uc_stack.ss_sp = w.stacks.data() + lane * STACK_BYTES;
+        w.lanes[lane].uc_stack.ss_size = STACK_BYTES;
+        w.lanes[lane].uc_link = &w.scheduler;
+        makecontext(&w.lanes[lane], lane_main, 0);
+    }
+    for (int lane = 0; lane < WARP; ++lane) resume(w, lane);
+    for (;;) {
+        int alive = 0;
+        for (int lane = 0; lane < WARP; ++lane) alive += !w.exited[lane];
+        if (alive == 0) return "";
+        char where[200];
+        snprintf(where, sizeof where, "block %u, warp %u, meeting %u", block, first_thread / WARP, w.round);
+        int waiting = -1;
+        for (int lane = 0; lane < WARP; ++lane)
+            if (!w.exited[lane]) waiting = lane;
+        if (alive != WARP)
+            return std::string("lane ") + std::to_string(waiting) +
+                   " waits at a warp intrinsic that other lanes left the kernel without reaching (" + where + ")";
+        const Meeting m = w.at[0];
+        if (m.mask != 0xffffffffu)
+            return std::string("a warp intrinsic with a partial mask, which the emulator does not model (") + where +
+                   ")";
+        for (int lane = 1; lane < WARP; ++lane)
+            if (w.at[lane].op != m.op || w.at[lane].mask != m.mask || w.at[lane].arg != m.arg)
+                return std::string("lanes 0 and ") + std::to_string(lane) +
+                       " are at different warp intrinsics (" + where + ")";
+        ++w.round;
+        for (int lane = 0; lane < WARP; ++lane) resume(w, lane);
+    }
+}
+
+// ---- guarded copies of the buffers ------------------------------------------
+
+struct Guarded {
+    char* original;
+    size_t bytes;
+    char* mapping;
+    size_t mapped;
+    char* copy;  // ends where the inaccessible page begins
+};
+
+// Guard pages of the launches under way, for the fault handler.
+struct GuardSlot {
+    std::atomic<uintptr_t> page{0};
+    const char* kernel;
+    int arg;
+};
+GuardSlot guard_slots[512];
+struct sigaction previous_segv;
+std::atomic<bool> handler_installed{false};
+
+void on_segv(int sig, siginfo_t* info, void* context) {
+    const uintptr_t addr = (uintptr_t)info->si_addr;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (auto& slot : guard_slots) {
+        const uintptr_t start = slot.page.load();
+        if (start > 1 && addr >= start && addr < start + page) {
+            char msg[300];
+            int n = snprintf(msg, sizeof msg,
+                             "kernel emulation: %s accessed memory past the end of its argument %d "
+                             "(%zu bytes past it)\n",
+                             slot.kernel, slot.arg, (size_t)(addr - start));
+            if (n > 0) (void)!write(2, msg, (size_t)n);
+            _exit(101);
+        }
+    }
+    // Not ours: let the previous handler (or the default action) see it.
+    sigaction(SIGSEGV, &previous_segv, nullptr);
+    (void)sig;
+    (void)context;
+}
+
+void install_handler() {
+    bool expected = false;
+    if (!handler_installed.compare_exchange_strong(expected, true)) return;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_segv;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &previous_segv);
+}
+
+// A slot's page is 0 when free, 1 while it is being filled.
+GuardSlot* register_guard(uintptr_t page, const char* kernel, int arg) {
+    for (auto& slot : guard_slots) {
+        uintptr_t empty = 0;
+        if (slot.page.compare_exchange_strong(empty, 1)) {
+            slot.kernel = kernel;
+            slot.arg = arg;
+            slot.page.store(page);
+            return &slot;
+        }
+    }
+    return nullptr;
+}
+
+bool guard(Guarded& g, const char* kernel, int arg, std::vector<GuardSlot*>& slots) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t data_pages = (g.bytes + page - 1) / page;
+    g.mapped = (data_pages + 1) * page;
+    void* m = mmap(nullptr, g.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return false;
+    g.mapping = (char*)m;
+    char* guard_page = g.mapping + data_pages * page;
+    if (mprotect(guard_page, page, PROT_NONE) != 0) return false;
+    g.copy = guard_page - g.bytes;
+    memcpy(g.copy, g.original, g.bytes);
+    if (GuardSlot* s = register_guard((uintptr_t)guard_page, kernel, arg)) slots.push_back(s);
+    return true;
+}
+
+// ---- the kernel table --------------------------------------------------------
+
+struct Kernel {
+    const char* name;
+    std::vector<size_t> sizes;
+    void* fn;
+    void (*invoke)(void* fn, void* const* values);
+};
+
+template <class T>
+T read(const void* p) {
+    T v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+template <class... A, size_t... I>
+void call_with(void (*f)(A...), void* const* values, std::index_sequence<I...>) {
+    f(read<A>(values[I])...);
+}
+
+template <class... A>
+Kernel kernel(const char* name, void (*f)(A...)) {
+    Kernel k;
+    k.name = name;
+    k.sizes = {sizeof(A)...};
+    k.fn = (void*)f;
+    k.invoke = [](void* fn, void* const* values) {
+        call_with((void (*)(A...))fn, values, std::index_sequence_for<A...>{});
+    };
+    return k;
+}
+
+}  // namespace emu
+
+// ---- what the kernel source sees ---------------------------------------------
+
+#define SEESAW_HOST_EMULATION 1
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define threadIdx (emu::current->thread_idx[emu::current_lane])
+#define blockIdx (emu::current->block_idx)
+#define blockDim (emu::current->block_dim)
+#define gridDim (emu::current->grid_dim)
+
+typedef unsigned short u16;
+
+inline float f16_to_f32(u16 h) {
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+inline u16 f32_to_f16(float f) {
+    _Float16 v = (_Float16)f;  // round to nearest even, as cvt.rn
+    u16 h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+
+inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+    const uint64_t* row = emu::meet(emu::Op::Shuffle, mask, lane_mask, __float_as_uint(v));
+    return __int_as_float((int)(uint32_t)row[(emu::current_lane ^ lane_mask) & 31]);
+}
+
+inline unsigned __match_any_sync(unsigned mask, long long v) {
+    const uint64_t* row = emu::meet(emu::Op::Match, mask, 0, (uint64_t)v);
+    unsigned same = 0;
+    for (int lane = 0; lane < emu::WARP; ++lane)
+        if (row[lane] == (uint64_t)v) same |= 1u << lane;
+    return same;
+}
+
+#include "seesaw.cu"
+
+#undef threadIdx
+#undef blockIdx
+#undef blockDim
+#undef gridDim
+
+// ---- the launch entry point --------------------------------------------------
+
+namespace emu {
+
+#define ROW_KERNELS(SUFFIX) \
+    kernel("seesaw_forward_" #SUFFIX, seesaw_forward_##SUFFIX), \
+        kernel("seesaw_backward_" #SUFFIX, seesaw_backward_##SUFFIX), \
+        kernel("seesaw_fused_" #SUFFIX, seesaw_fused_##SUFFIX)
+
+const std::vector<Kernel>& kernels() {
+    static const std::vector<Kernel> table = {ROW_KERNELS(f32), ROW_KERNELS(f16), ROW_KERNELS(bf16),
+                                              kernel("seesaw_count", seesaw_count)};
+    return table;
+}
+
+}  // namespace emu
+
+// One argument as cuLaunchKernel takes it: `size` bytes of `value`. A buffer
+// (`buffer_bytes` > 0, `value` its address) is what a pointer argument points
+// to: the kernel sees a guarded copy, and changes are copied back.
+struct SeesawEmuArg {
+    uint64_t value;
+    uint64_t size;
+    uint64_t buffer_bytes;
+};
+
+static int fail(char* error, size_t error_len, const std::string& message) {
+    snprintf(error, error_len, "%s", message.c_str());
+    return 1;
+}
+
+extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, const SeesawEmuArg* args,
+                              size_t n_args, char* error, size_t error_len) {
+    using namespace emu;
+    const Kernel* k = nullptr;
+    for (const Kernel& candidate : kernels())
+        if (strcmp(candidate.name, name) == 0) k = &candidate;
+    if (!k) return fail(error, error_len, std::string("no kernel named ") + name);
+    if (n_args != k->sizes.size())
+        return fail(error, error_len,
+                    std::string(name) + " takes " + std::to_string(k->sizes.size()) + " arguments, the launch passes " +
+                        std::to_string(n_args));
+    for (size_t i = 0; i < n_args; ++i)
+        if (args[i].size != k->sizes[i])
+            return fail(error, error_len,
+                        std::string(name) + ": argument " + std::to_string(i) + " is " +
+                            std::to_string(args[i].size) + " bytes, the parameter " +
+                            std::to_string(k->sizes[i]));
+    if (block == 0 || block % WARP != 0 || block > 1024)
+        return fail(error, error_len, "block size " + std::to_string(block) + " is not a multiple of 32 up to 1024");
+
+    install_handler();
+    std::vector<Guarded> buffers;
+    std::vector<GuardSlot*> slots;
+    std::vector<uint64_t> values(n_args);
+    for (size_t i = 0; i < n_args; ++i) {
+        values[i] = args[i].value;
+        if (args[i].buffer_bytes > 0 && args[i].value != 0) {
+            Guarded g = {(char*)(uintptr_t)args[i].value, (size_t)args[i].buffer_bytes, nullptr, 0, nullptr};
+            if (!guard(g, name, (int)i, slots)) return fail(error, error_len, "mmap failed for a guarded copy");
+            buffers.push_back(g);
+            values[i] = (uint64_t)(uintptr_t)g.copy;
+        }
+    }
+    std::vector<void*> pointers(n_args);
+    // Little-endian: the first bytes of a u64 slot are a 4-byte value.
+    for (size_t i = 0; i < n_args; ++i) pointers[i] = &values[i];
+
+    std::atomic<bool> failed{false};
+    std::string first_error;
+    std::atomic_flag error_taken = ATOMIC_FLAG_INIT;
+    // Warps run one after another, so a warp that writes into another's
+    // rows goes unnoticed when that one runs later: each launch runs its
+    // warps in a different shuffled order (seeded by the launch's number, so
+    // a failure repeats in the same process), which puts a stray write after
+    // its victim about half the time.
+    static std::atomic<uint64_t> launches{0};
+    const unsigned warps = block / WARP;
+    std::vector<uint64_t> order((size_t)grid * warps);
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    uint64_t seed = 0x9e3779b97f4a7c15ull * (launches.fetch_add(1) + 1);
+    for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates, splitmix64
+        uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        std::swap(order[i - 1], order[(z ^ (z >> 31)) % i]);
+    }
+    std::atomic<size_t> next{0};
+    auto worker = [&]() {
+        Warp w;
+        w.grid_dim.x = grid;
+        w.block_dim.x = block;
+        w.body = {k->invoke, k->fn, pointers.data()};
+        for (size_t i; !failed.load() && (i = next.fetch_add(1)) < order.size();) {
+            const unsigned b = (unsigned)(order[i] / warps);
+            const unsigned t = (unsigned)(order[i] % warps) * WARP;
+            const std::string e = run_warp(w, b, t);
+            if (!e.empty()) {
+                if (!error_taken.test_and_set()) first_error = std::string(name) + ": " + e;
+                failed.store(true);
+            }
+        }
+        current = nullptr;
+    };
+    const unsigned n_threads = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
+    std::vector<std::thread> threads;
+    for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+    worker();
+    for (auto& t : threads) t.join();
+
+    for (GuardSlot* s : slots) s->page.store(0);
+    for (Guarded& g : buffers) {
+        if (memcmp(g.copy, g.original, g.bytes) != 0) memcpy(g.original, g.copy, g.bytes);
+        munmap(g.mapping, g.mapped);
+    }
+    if (failed.load()) return fail(error, error_len, first_error);
+    return 0;
+}

@@ -1,0 +1,130 @@
+//! What the CUDA path must do, written once for any device it runs on: the
+//! GPU (`tests/gpu.rs`) and the host emulator on CPU tensors
+//! (`tests/kernel_emulation.rs`). `dev` is the device the tensors live on.
+
+use super::*;
+use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
+use tch::{nn, Device, Kind, Tensor};
+
+/// `cases` of the sweep against the reference path on the same device;
+/// returns the worst (output, gradient) relative errors.
+pub fn matches_the_reference(dev: Device, cases: &[SweepCase]) -> (f64, f64) {
+    assert_sweep(cases, (Backend::Fused, dev), (Backend::Reference, dev), 0)
+}
+
+/// Two calls of `rows` rows: the count kernel's counts equal `bincount`'s.
+pub fn counts_update_matches_the_host(dev: Device, rows: i64) {
+    let labels = random_labels(rows, 81, 3);
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(80).backend(Backend::Fused)).unwrap();
+    let x = Tensor::zeros([rows, 82], (Kind::Float, dev));
+    loss.forward(&x, &labels.to_device(dev), None, None).unwrap();
+    loss.forward(&x, &labels.to_device(dev), None, None).unwrap();
+    let want = labels.bincount::<Tensor>(None, 81) * 2;
+    assert_eq!(to_i64(&loss.cum_samples()), to_i64(&want));
+}
+
+pub fn out_of_range_labels_are_errors_not_faults(dev: Device) {
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3).backend(Backend::Fused)).unwrap();
+    let x = Tensor::zeros([2, 5], (Kind::Float, dev));
+    let err = loss
+        .forward(&x, &Tensor::from_slice(&[0i64, 1000]).to_device(dev), None, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("found label 1000"), "{err}");
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+    // The device is still healthy.
+    loss.forward(&x, &Tensor::from_slice(&[0i64, 3]).to_device(dev), None, None)
+        .unwrap();
+}
+
+pub fn backward_reaches_the_scores(dev: Device) {
+    let vs = nn::VarStore::new(dev);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(10).backend(Backend::Fused)).unwrap();
+    let x = Tensor::randn([64, 10], (Kind::Float, dev)).set_requires_grad(true);
+    let out = loss
+        .forward(&x, &Tensor::randint(10, [64], (Kind::Int64, dev)), None, None)
+        .unwrap();
+    (out.total() * 3.0).backward();
+    assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+/// The node with an upstream gradient of 2.5, and `forward_backward`, at
+/// LVIS shape (C = 1203, N = 4096), both heads.
+pub fn node_and_forward_backward_match_the_reference(dev: Device) {
+    for detection in [false, true] {
+        let (c, n) = (1203, 4096);
+        let width = if detection { c + 2 } else { c };
+        let config = |b: Backend| {
+            if detection {
+                SeesawConfig::detection(c).backend(b)
+            } else {
+                SeesawConfig::classification(c).backend(b)
+            }
+        };
+        let vs = nn::VarStore::new(dev);
+        let mut fused = SeesawLoss::new(vs.root() / "f", config(Backend::Fused)).unwrap();
+        let mut fb = SeesawLoss::new(vs.root() / "fb", config(Backend::Fused)).unwrap();
+        let mut reference = SeesawLoss::new(vs.root() / "r", config(Backend::Reference)).unwrap();
+        let scores = random_scores(n, width, 31).to_kind(Kind::Float).to_device(dev);
+        let labels = random_labels(n, if detection { c + 1 } else { c }, 32).to_device(dev);
+        let (a, b) = (
+            scores.detach().copy().set_requires_grad(true),
+            scores.detach().copy().set_requires_grad(true),
+        );
+        (fused.forward(&a, &labels, None, None).unwrap().total() * 2.5).backward();
+        (reference.forward(&b, &labels, None, None).unwrap().total() * 2.5).backward();
+        let e = rel_err(&a.grad().to_kind(Kind::Double), &b.grad().to_kind(Kind::Double));
+        assert!(e < 1e-5, "node gradient rel err {e:e} (detection {detection})");
+        let (out, grad) = fb.forward_backward(&scores, &labels, None, None).unwrap();
+        let e = rel_err(&(grad * 2.5).to_kind(Kind::Double), &b.grad().to_kind(Kind::Double));
+        assert!(
+            e < 1e-5,
+            "forward_backward gradient rel err {e:e} (detection {detection})"
+        );
+        assert!(out.total().double_value(&[]).is_finite());
+    }
+}
+
+/// `device_checks_on_host(false)`: bad labels give NaN rows and zero
+/// gradients, are not counted, and never fault.
+pub fn without_host_checks_bad_labels_give_nan_rows(dev: Device) {
+    let vs = nn::VarStore::new(dev);
+    let config = SeesawConfig::detection(3).device_checks_on_host(false);
+    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let scores = Tensor::randn([4, 5], (Kind::Float, dev)).set_requires_grad(true);
+    let labels = Tensor::from_slice(&[0i64, 9, 3, -1]).to_device(dev);
+    let out = loss
+        .forward_with_reduction(&scores, &labels, None, None, Reduction::Sum)
+        .unwrap();
+    assert!(out.total().double_value(&[]).is_nan());
+    out.total().backward();
+    let grad = scores.grad().to_device(Device::Cpu);
+    assert_eq!(grad.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(grad.get(3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    // Rows 0 and 2 (good labels) are finite.
+    assert!(bool::try_from(grad.get(0).isfinite().all()).unwrap());
+    assert!(bool::try_from(grad.get(2).isfinite().all()).unwrap());
+    assert_eq!(to_i64(&loss.cum_samples()), [1, 0, 0, 1]);
+    let (out, grad) = loss.forward_backward(&scores, &labels, None, None).unwrap();
+    assert!(out.total().double_value(&[]).is_nan());
+    assert_eq!(grad.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(to_i64(&loss.cum_samples()), [2, 0, 0, 2]);
+}
+
+/// A call that fails after counting takes its batch back out through the
+/// count kernel, which skips labels the host never checked.
+pub fn a_failed_call_without_host_checks_takes_its_batch_back_out(dev: Device) {
+    let vs = nn::VarStore::new(dev);
+    let config = SeesawConfig::detection(3).device_checks_on_host(false);
+    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let scores = Tensor::randn([4, 5], (Kind::Float, dev));
+    let labels = Tensor::from_slice(&[0i64, 9, 3, 2]).to_device(dev);
+    loss.forward(&scores, &labels, None, None).unwrap();
+    let before = to_i64(&loss.cum_samples());
+    assert_eq!(before, [1, 0, 1, 1]);
+    // Forward callbacks run on the calling thread, where the fault is armed.
+    seesaw_loss::autograd_testing::inject(seesaw_loss::autograd_testing::Fault::ForwardError);
+    assert!(loss.forward(&scores, &labels, None, None).is_err());
+    assert_eq!(to_i64(&loss.cum_samples()), before);
+}
