@@ -179,7 +179,7 @@ pub(crate) enum Arg {
 }
 
 impl Arg {
-    fn of(t: &Tensor) -> Arg {
+    pub(crate) fn of(t: &Tensor) -> Arg {
         Arg::Buffer {
             addr: t.data_ptr() as u64,
             bytes: extent_bytes(t),

@@ -95,3 +95,51 @@ pub(crate) fn launch(kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    fn count_args(labels: &Tensor, counts: &Tensor) -> Vec<Arg> {
+        vec![
+            Arg::of(labels),
+            Arg::I64(labels.numel() as i64),
+            Arg::I64(counts.numel() as i64),
+            Arg::I64(1),
+            Arg::of(counts),
+        ]
+    }
+
+    #[test]
+    fn the_count_kernel_runs_and_skips_out_of_range_labels() {
+        let labels = Tensor::from_slice(&[0i64, 1, 1, 5, -1, 2, 1]);
+        let counts = Tensor::zeros([3], (Kind::Int64, tch::Device::Cpu));
+        launch("seesaw_count", 1, 64, &count_args(&labels, &counts)).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), [1, 3, 1]);
+    }
+
+    #[test]
+    fn argument_lists_that_do_not_match_the_kernel_are_errors() {
+        let labels = Tensor::from_slice(&[0i64]);
+        let counts = Tensor::zeros([3], (Kind::Int64, tch::Device::Cpu));
+        let mut args = count_args(&labels, &counts);
+        args.pop();
+        let err = launch("seesaw_count", 1, 32, &args).unwrap_err().to_string();
+        assert!(
+            err.contains("seesaw_count takes 5 arguments, the launch passes 4"),
+            "{err}"
+        );
+        let mut args = count_args(&labels, &counts);
+        args[1] = Arg::I32(1);
+        let err = launch("seesaw_count", 1, 32, &args).unwrap_err().to_string();
+        assert!(err.contains("argument 1 is 4 bytes, the parameter 8"), "{err}");
+        let err = launch("seesaw_nothing", 1, 32, &args).unwrap_err().to_string();
+        assert!(err.contains("no kernel named seesaw_nothing"), "{err}");
+        let err = launch("seesaw_count", 1, 48, &count_args(&labels, &counts))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block size 48"), "{err}");
+        assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), [0, 0, 0]);
+    }
+}
