@@ -77,11 +77,17 @@ enum Method {
     CrossEntropyStep,
 }
 
-const METHODS: [(Method, &str); 4] = [
-    (Method::NodeStep, "fused step (node)"),
-    (Method::ForwardBackward, "fused forward_backward"),
-    (Method::ReferenceStep, "reference step"),
-    (Method::CrossEntropyStep, "cross-entropy step"),
+/// Each method with its label and whether the loss checks labels and counts
+/// on the host (the default: one host read per call, so the step waits for
+/// the GPU) or leaves that to the device (`device_checks_on_host(false)`: no
+/// host waits). The reference path always checks on the host.
+const METHODS: [(Method, &str, bool); 6] = [
+    (Method::NodeStep, "fused step (node)", true),
+    (Method::NodeStep, "fused step, device checks", false),
+    (Method::ForwardBackward, "fused forward_backward", true),
+    (Method::ForwardBackward, "forward_backward, dev chk", false),
+    (Method::ReferenceStep, "reference step", true),
+    (Method::CrossEntropyStep, "cross-entropy step", true),
 ];
 
 fn run_method(method: Method, loss: &mut SeesawLoss, x: &Tensor, y: &Tensor) -> Result<()> {
@@ -127,7 +133,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
     let bandwidth = copy_bandwidth(timer, device)?;
     println!("copy bandwidth: {:.0} GB/s (read + write)\n", bandwidth / 1e9);
     println!(
-        "{:<12} {:>6} {:>5} {:<24} {:>10} {:>9} {:>9} {:>8}",
+        "{:<12} {:>6} {:>5} {:<26} {:>10} {:>9} {:>9} {:>8}",
         "shape", "N", "dtype", "method", "median ms", "GB/s", "% floor", "vs ref"
     );
     for shape in SHAPES {
@@ -136,14 +142,15 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
             let floor_bytes = 2.0 * (shape.rows * shape.width()) as f64 * elem;
             let floor_ms = floor_bytes / bandwidth * 1e3;
             let mut results = Vec::new();
-            for (method, name) in METHODS {
+            for (method, name, host_checks) in METHODS {
                 let vs = nn::VarStore::new(device);
                 let backend = if method == Method::ReferenceStep {
                     Backend::Reference
                 } else {
                     Backend::Fused
                 };
-                let mut loss = SeesawLoss::new(vs.root(), shape.config(backend))?;
+                let config = shape.config(backend).device_checks_on_host(host_checks);
+                let mut loss = SeesawLoss::new(vs.root(), config)?;
                 let ms = timer.median_ms(|i| {
                     let (x, y) = &inputs[i % ROTATE];
                     run_method(method, &mut loss, x, y)
@@ -157,7 +164,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
             for (method, name, ms) in &results {
                 let fused = matches!(method, Method::NodeStep | Method::ForwardBackward);
                 println!(
-                    "{:<12} {:>6} {:>5} {:<24} {:>10.4} {:>9.0} {:>9} {:>8}",
+                    "{:<12} {:>6} {:>5} {:<26} {:>10.4} {:>9.0} {:>9} {:>8}",
                     shape.name,
                     shape.rows,
                     kind_name,
@@ -181,17 +188,23 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
 
     let shape = &SHAPES[1];
     let inputs = shape.inputs(ROTATE, Kind::Float, device);
-    let vs = nn::VarStore::new(device);
-    let mut loss = SeesawLoss::new(vs.root(), shape.config(Backend::Fused))?;
-    let (waited, host_ms) = host_waits(device, &mut || {
-        run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1)
-    })?;
-    println!(
-        "\nhost waits for the GPU during a fused step ({} N={}): {} (host side of the step {host_ms:.3} ms)",
-        shape.name,
-        shape.rows,
-        if waited { "yes" } else { "no" }
-    );
+    println!();
+    for host_checks in [true, false] {
+        let vs = nn::VarStore::new(device);
+        let config = shape.config(Backend::Fused).device_checks_on_host(host_checks);
+        let mut loss = SeesawLoss::new(vs.root(), config)?;
+        // Compiles the kernels and warms the allocator before the check.
+        run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1)?;
+        let (waited, host_ms) = host_waits(device, &mut || {
+            run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1)
+        })?;
+        println!(
+            "host waits for the GPU during a fused step ({} N={}, device_checks_on_host({host_checks})): {} (host side of the step {host_ms:.3} ms)",
+            shape.name,
+            shape.rows,
+            if waited { "yes" } else { "no" }
+        );
+    }
     Ok(())
 }
 
