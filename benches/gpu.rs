@@ -186,7 +186,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
         }
     }
 
-    let shape = &SHAPES[1];
+    let shape = common::lvis_8192();
     let inputs = shape.inputs(ROTATE, Kind::Float, device);
     println!();
     for host_checks in [true, false] {
@@ -212,7 +212,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
 /// the autograd node and for the surrogate formulation (value + (l - detach l)
 /// with l = sum(z * G), G kept alive until backward).
 fn memory(device: Device, ctx: &Arc<CudaContext>) -> Result<()> {
-    let shape = &SHAPES[1];
+    let shape = common::lvis_8192();
     let used = || -> Result<i64> {
         tch::Cuda::synchronize(0);
         let (free, total) = ctx.mem_get_info()?;

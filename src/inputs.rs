@@ -121,23 +121,30 @@ pub(crate) struct DataReport {
 /// Without `counts` (calls that do not touch them), only the labels are read.
 pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataReport> {
     let _guard = tch::no_grad_guard();
+    // Few operations: at small N each one's dispatch costs more than its work.
     let mut parts = Vec::with_capacity(3);
     let has_rows = labels.numel() > 0;
     if has_rows {
-        parts.push(labels.min().view([1]));
-        parts.push(labels.max().view([1]));
+        let (lo, hi) = labels.aminmax(None, false);
+        parts.push(lo.view([1]));
+        parts.push(hi.view([1]));
     }
+    // The last part is bad when negative: the smallest of int64 counts (the
+    // usual case), or minus a flag of float counts from a checkpoint.
+    let counts = counts.filter(|c| c.numel() > 0);
     if let Some(counts) = counts {
-        let bad = if counts.is_floating_point() {
+        let flag = if counts.is_floating_point() {
             counts
                 .isnan()
                 .logical_or(&counts.isinf())
                 .logical_or(&counts.lt(0.0))
                 .any()
+                .to_kind(Kind::Int64)
+                .neg()
         } else {
-            counts.lt(0).any()
+            counts.min().to_kind(Kind::Int64)
         };
-        parts.push(bad.to_kind(Kind::Int64).view([1]));
+        parts.push(flag.view([1]));
     }
     if parts.is_empty() {
         return Ok(DataReport {
@@ -145,10 +152,13 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataRe
             bad_counts: false,
         });
     }
-    let host = Tensor::cat(&parts, 0).to_device(Device::Cpu);
+    let mut host = Tensor::cat(&parts, 0);
+    if host.device() != Device::Cpu {
+        host = host.to_device(Device::Cpu);
+    }
     let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
     let label_range = has_rows.then(|| (values[0], values[1]));
-    let bad_counts = counts.is_some() && values[values.len() - 1] != 0;
+    let bad_counts = counts.is_some() && values[values.len() - 1] < 0;
     Ok(DataReport {
         label_range,
         bad_counts,

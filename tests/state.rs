@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use seesaw_loss::{SeesawConfig, SeesawLoss};
+use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 /// A fresh folder for this test process and a file path inside it.
@@ -122,6 +122,39 @@ fn nan_or_negative_counts_from_a_checkpoint_are_an_error_that_changes_nothing() 
         let after = to_vec(&vs.variables()["cum_samples"]);
         assert_eq!(format!("{before:?}"), format!("{after:?}"));
         std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+#[test]
+fn negative_int64_counts_are_an_error_that_changes_nothing() {
+    for backend in [Backend::Fused, Backend::Reference] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3).backend(backend)).unwrap();
+        set_counts(&vs, &[4, -2, 7]);
+        let err = loss
+            .forward(
+                &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+                &Tensor::from_slice(&[1i64, 2]),
+                None,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cum_samples holds NaN, infinite or negative counts"),
+            "{err}"
+        );
+        assert_eq!(to_i64(&loss.cum_samples()), [4, -2, 7]);
+        // Zero counts are fine.
+        set_counts(&vs, &[0, 0, 0]);
+        loss.forward(
+            &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+            &Tensor::from_slice(&[1i64, 2]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(to_i64(&loss.cum_samples()), [0, 1, 1]);
     }
 }
 

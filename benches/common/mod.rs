@@ -22,9 +22,11 @@ const fn shape(name: &'static str, detection: bool, classes: i64, rows: i64) -> 
     }
 }
 
-/// LVIS v1 detection heads (RoIs per step), ImageNet-LT classifiers (images
-/// per step) and a large label space.
+/// LVIS v1 detection heads (RoIs per step; 16 rows measures the fixed cost
+/// of a call, where the dispatch of each libtorch operation outweighs its
+/// work), ImageNet-LT classifiers (images per step) and a large label space.
 pub const SHAPES: &[Shape] = &[
+    shape("lvis-det", true, 1203, 16),
     shape("lvis-det", true, 1203, 512),
     shape("lvis-det", true, 1203, 4096),
     shape("lvis-det", true, 1203, 8192),
@@ -33,6 +35,14 @@ pub const SHAPES: &[Shape] = &[
     shape("imagenet-lt", false, 1000, 4096),
     shape("large-vocab", false, 32000, 4096),
 ];
+
+/// The LVIS shape the GPU targets are set at: C = 1203, N = 8192.
+pub fn lvis_8192() -> &'static Shape {
+    SHAPES
+        .iter()
+        .find(|s| s.detection && s.classes == 1203 && s.rows == 8192)
+        .expect("the shape table has LVIS at N = 8192")
+}
 
 impl Shape {
     /// Columns of `cls_score`.

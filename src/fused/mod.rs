@@ -139,7 +139,7 @@ pub(crate) fn node_forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tenso
         RowsOn::Mirror => cpu::forward(call)?,
         RowsOn::Kernel => cuda::forward(call)?,
     };
-    let (classes, objectness) = reduce(call, rows, mean_scales(call).as_ref());
+    let (classes, objectness) = reduce(call, rows, mean_divisors(call).as_ref());
     Ok((classes, objectness, stats))
 }
 
@@ -152,17 +152,21 @@ pub(crate) fn node_backward(
     g_classes: Option<Tensor>,
     g_objectness: Option<Tensor>,
 ) -> Result<Tensor> {
-    let scales = mean_scales(call);
-    let scaled = |g: Tensor, scale: Option<&Tensor>| {
-        let g = g.to_kind(Kind::Float);
-        match scale {
-            Some(s) => g * s,
+    let divisors = mean_divisors(call);
+    let scaled = |g: Tensor, divisor: Option<&Divisor>| {
+        let g = if g.kind() == Kind::Float {
+            g
+        } else {
+            g.to_kind(Kind::Float)
+        };
+        match divisor {
+            Some(d) => d.divide(g, 1.0),
             None => g,
         }
     };
     let upstream = Upstream {
-        classes: g_classes.map(|g| scaled(g, scales.as_ref().map(|s| &s.0))),
-        objectness: g_objectness.map(|g| scaled(g, scales.as_ref().map(|s| &s.1))),
+        classes: g_classes.map(|g| scaled(g, divisors.as_ref().map(|d| &d.0))),
+        objectness: g_objectness.map(|g| scaled(g, divisors.as_ref().map(|d| &d.1))),
     };
     match rows_on(call.scores.device())? {
         RowsOn::Mirror => cpu::backward(call, stats, &upstream),
@@ -173,21 +177,27 @@ pub(crate) fn node_backward(
 /// The loss (detached) and the gradient of its total with respect to the
 /// scores, from one fused pass.
 pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
-    let scales = mean_scales(call);
-    // The gradient of the total: each part's mean factor, else 1.
-    let (class_scale, objectness_scale) = match &scales {
-        Some((c, o)) => (c.shallow_clone(), o.shallow_clone()),
-        None => (scalar(1.0, call), scalar(1.0, call)),
-    };
-    let upstream = Upstream {
-        classes: Some(class_scale),
-        objectness: (call.head == Head::Detection).then_some(objectness_scale),
+    let divisors = mean_divisors(call);
+    // The gradient of the total: one over each part's mean divisor, else 1.
+    let detection = call.head == Head::Detection;
+    let upstream = match &divisors {
+        Some((c, o)) => Upstream {
+            classes: Some(c.reciprocal(call)),
+            objectness: detection.then(|| o.reciprocal(call)),
+        },
+        None => {
+            let one = scalar(1.0, call);
+            Upstream {
+                classes: Some(one.shallow_clone()),
+                objectness: detection.then_some(one),
+            }
+        }
     };
     let (rows, grad) = match rows_on(call.scores.device())? {
         RowsOn::Mirror => cpu::forward_backward(call, &upstream)?,
         RowsOn::Kernel => cuda::forward_backward(call, &upstream)?,
     };
-    let (classes, objectness) = reduce(call, rows, scales.as_ref());
+    let (classes, objectness) = reduce(call, rows, divisors.as_ref());
     Ok((
         Parts {
             classes: select_positive(call, classes),
@@ -199,24 +209,34 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
 
 /// Applies weights, `loss_weight` and the reduction to per-row losses. With
 /// [`Reduction::None`] the class part keeps every row (background rows hold
-/// 0); [`select_positive`] drops them. `mean` is [`mean_scales`]'s result.
-fn reduce(call: &Call, rows: LossRows, mean: Option<&(Tensor, Tensor)>) -> (Tensor, Option<Tensor>) {
+/// 0); [`select_positive`] drops them. `mean` is [`mean_divisors`]'s result.
+/// Few operations: at small N each one's dispatch costs more than its work.
+fn reduce(call: &Call, rows: LossRows, mean: Option<&(Divisor, Divisor)>) -> (Tensor, Option<Tensor>) {
     let kind = call.compute_kind;
     let weigh = |loss: Tensor| {
-        let scaled = loss.to_kind(kind) * call.loss_weight;
+        let loss = if loss.kind() == kind { loss } else { loss.to_kind(kind) };
         match &call.weights {
-            Some(w) => scaled * w,
-            None => scaled,
+            Some(w) => loss * w,
+            None => loss,
         }
     };
-    let finish = |rows: Tensor, scale: Option<&Tensor>| match (call.reduction, scale) {
-        (Reduction::None, _) => rows,
-        (_, None) => rows.sum(kind),
-        (_, Some(scale)) => rows.sum(kind) * scale.to_kind(kind),
+    let finish = |rows: Tensor, divisor: Option<&Divisor>| match (call.reduction, divisor) {
+        (Reduction::None, _) => times(rows, call.loss_weight),
+        (_, None) => times(rows.sum(kind), call.loss_weight),
+        (_, Some(d)) => d.divide(rows.sum(kind), call.loss_weight),
     };
     let classes = finish(weigh(rows.class_loss), mean.map(|m| &m.0));
     let objectness = rows.objectness_loss.map(|l| finish(weigh(l), mean.map(|m| &m.1)));
     (classes, objectness)
+}
+
+/// `t * factor`, with no operation for a factor of 1.
+fn times(t: Tensor, factor: f64) -> Tensor {
+    if factor == 1.0 {
+        t
+    } else {
+        t * factor
+    }
 }
 
 /// A 0-dim f32 tensor on the scores' device, filled there: a host-to-device
@@ -225,32 +245,55 @@ fn scalar(v: f64, call: &Call) -> Tensor {
     Tensor::full([], v, (Kind::Float, call.scores.device()))
 }
 
-/// The factors a [`Reduction::Mean`] sum is multiplied by, per part (classes,
-/// objectness), as 0-dim f32 tensors on the scores' device: one over
-/// `avg_factor + f32::EPSILON` when given, else over the part's row count
-/// (positive rows of a detection head's class part, counted on the device).
-/// `None` for the other reductions, which scale nothing.
-fn mean_scales(call: &Call) -> Option<(Tensor, Tensor)> {
+/// What a [`Reduction::Mean`] sum of one part is divided by.
+enum Divisor {
+    /// Known on the host: `avg_factor + f32::EPSILON`, or the row count.
+    Known(f64),
+    /// The positive rows of a detection head's class part (at least 1), as
+    /// a 0-dim f32 tensor counted on the device: reading it back would make
+    /// the host wait for the GPU.
+    Counted(Tensor),
+}
+
+impl Divisor {
+    /// `t / divisor * factor`.
+    fn divide(&self, t: Tensor, factor: f64) -> Tensor {
+        match self {
+            Divisor::Known(d) => times(t, factor / d),
+            Divisor::Counted(n) => times(t / n, factor),
+        }
+    }
+
+    /// One over the divisor, as a 0-dim f32 tensor on the scores' device.
+    fn reciprocal(&self, call: &Call) -> Tensor {
+        match self {
+            Divisor::Known(d) => scalar(1.0 / d, call),
+            Divisor::Counted(n) => n.reciprocal(),
+        }
+    }
+}
+
+/// The divisors of a [`Reduction::Mean`], per part (classes, objectness):
+/// `avg_factor + f32::EPSILON` when given, else the part's row count
+/// (positive rows of a detection head's class part). `None` for the other
+/// reductions, which divide nothing.
+fn mean_divisors(call: &Call) -> Option<(Divisor, Divisor)> {
     if call.reduction != Reduction::Mean {
         return None;
     }
     if let Some(avg) = call.avg_factor {
-        let s = scalar(1.0 / (avg + f32::EPSILON as f64), call);
-        return Some((s.shallow_clone(), s));
+        let d = avg + f32::EPSILON as f64;
+        return Some((Divisor::Known(d), Divisor::Known(d)));
     }
-    let all = scalar(1.0 / call.labels.size()[0].max(1) as f64, call);
+    let all = call.labels.size()[0].max(1) as f64;
     let classes = match call.head {
-        Head::Classification => all.shallow_clone(),
+        Head::Classification => Divisor::Known(all),
         Head::Detection => {
             let _guard = tch::no_grad_guard();
-            call.labels
-                .lt(call.num_classes)
-                .sum(Kind::Float)
-                .clamp_min(1.0)
-                .reciprocal()
+            Divisor::Counted(call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0))
         }
     };
-    Some((classes, all))
+    Some((classes, Divisor::Known(all)))
 }
 
 /// [`Reduction::None`] on the detection head: one class-loss entry per
