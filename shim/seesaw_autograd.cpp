@@ -37,6 +37,7 @@ struct SeesawShimCall {
     int32_t has_avg_factor;
     double p, q, eps, loss_weight;
     double avg_factor;  // read only when has_avg_factor
+    int64_t positive_rows;  // -1: not known on the host
 };
 
 enum { SEESAW_ERR_LEN = 4096 };
@@ -80,6 +81,7 @@ struct Saved {
         d["loss_weight"] = call.loss_weight;
         d["has_avg_factor"] = static_cast<int64_t>(call.has_avg_factor);
         d["avg_factor"] = call.avg_factor;
+        d["positive_rows"] = call.positive_rows;
         d["backward"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(backward));
     }
     static SeesawShimCall call(AutogradContext* ctx) {
@@ -94,6 +96,7 @@ struct Saved {
         c.loss_weight = d["loss_weight"].toDouble();
         c.has_avg_factor = static_cast<int32_t>(d["has_avg_factor"].toInt());
         c.avg_factor = d["avg_factor"].toDouble();
+        c.positive_rows = d["positive_rows"].toInt();
         return c;
     }
     static seesaw_backward_fn backward(AutogradContext* ctx) {

@@ -47,6 +47,8 @@ struct ShimCall {
     eps: f64,
     loss_weight: f64,
     avg_factor: f64,
+    /// `Call::positive_rows`, -1 for none.
+    positive_rows: i64,
 }
 
 type ForwardFn = unsafe extern "C" fn(
@@ -105,6 +107,7 @@ impl ShimCall {
             loss_weight: call.loss_weight,
             has_avg_factor: call.avg_factor.is_some() as i32,
             avg_factor: call.avg_factor.unwrap_or(0.0),
+            positive_rows: call.positive_rows.unwrap_or(-1),
         }
     }
 
@@ -131,6 +134,7 @@ impl ShimCall {
                 _ => Reduction::Mean,
             },
             avg_factor: (self.has_avg_factor != 0).then_some(self.avg_factor),
+            positive_rows: (self.positive_rows >= 0).then_some(self.positive_rows),
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct Call {
     pub loss_weight: f64,
     pub reduction: Reduction,
     pub avg_factor: Option<f64>,
+    /// The detection head's positive rows (labels below `num_classes`), when
+    /// the call's host read brought them; `None` leaves them to the device.
+    pub positive_rows: Option<i64>,
 }
 
 impl Call {
@@ -44,6 +47,7 @@ impl Call {
             loss_weight: self.loss_weight,
             reduction: self.reduction,
             avg_factor: self.avg_factor,
+            positive_rows: self.positive_rows,
         }
     }
 }

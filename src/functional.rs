@@ -64,7 +64,7 @@ pub fn seesaw_ce_loss(
         bail!("cum_samples must be numeric, got {:?}", cum_samples.kind());
     }
     inputs::check_device("cum_samples", cum_samples.device(), device)?;
-    let report = inputs::inspect(&labels, Some(cum_samples))?;
+    let report = inputs::inspect(&labels, Some(cum_samples), None)?;
     inputs::check_label_range(&config, report.label_range)?;
     if report.bad_counts {
         bail!("cum_samples holds NaN, infinite or negative counts");
@@ -84,6 +84,7 @@ pub fn seesaw_ce_loss(
         loss_weight: 1.0,
         reduction,
         avg_factor,
+        positive_rows: None,
     };
     let parts = if fused::unsupported(cls_score).is_none() {
         fused::forward(&call)?

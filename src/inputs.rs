@@ -113,13 +113,20 @@ pub(crate) struct DataReport {
     pub label_range: Option<(i64, i64)>,
     /// Whether any counter is NaN, infinite or negative.
     pub bad_counts: bool,
+    /// How many labels are below the bound asked for (positive rows of a
+    /// detection head), when one was.
+    pub rows_below: Option<i64>,
 }
 
 /// Reads the label range and the health of the counts in a single transfer:
 /// the only host round trip of a call, forced by the promise that bad labels
 /// and corrupt checkpoints come back as errors rather than as device faults.
 /// Without `counts` (calls that do not touch them), only the labels are read.
-pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataReport> {
+/// With `count_below`, the same read also brings the number of labels below
+/// it, which the mean of a detection head's class part divides by: known on
+/// the host, it saves the device work of counting them in forward and again
+/// in backward.
+pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, count_below: Option<i64>) -> Result<DataReport> {
     let _guard = tch::no_grad_guard();
     // Few operations: at small N each one's dispatch costs more than its work.
     let mut parts = Vec::with_capacity(3);
@@ -128,6 +135,9 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataRe
         let (lo, hi) = labels.aminmax(None, false);
         parts.push(lo.view([1]));
         parts.push(hi.view([1]));
+        if let Some(bound) = count_below {
+            parts.push(labels.lt(bound).sum(Kind::Int64).view([1]));
+        }
     }
     // The last part is bad when negative: the smallest of int64 counts (the
     // usual case), or minus a flag of float counts from a checkpoint.
@@ -150,6 +160,7 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataRe
         return Ok(DataReport {
             label_range: None,
             bad_counts: false,
+            rows_below: count_below.map(|_| 0),
         });
     }
     let mut host = Tensor::cat(&parts, 0);
@@ -159,9 +170,11 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>) -> Result<DataRe
     let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
     let label_range = has_rows.then(|| (values[0], values[1]));
     let bad_counts = counts.is_some() && values[values.len() - 1] < 0;
+    let rows_below = count_below.map(|_| if has_rows { values[2] } else { 0 });
     Ok(DataReport {
         label_range,
         bad_counts,
+        rows_below,
     })
 }
 

@@ -283,12 +283,19 @@ impl SeesawLoss {
         if on_kernel {
             fused::cuda::prepare(device)?;
         }
+        // The fused path's mean of a detection head's class part divides by
+        // the positive rows: the host read brings them along when it happens.
+        let count_positive =
+            use_fused && config.head() == Head::Detection && reduction == Reduction::Mean && avg_factor.is_none();
+        let mut positive_rows = None;
         if config.device_checks_on_host || !on_kernel {
-            let report = inputs::inspect(&labels, Some(self.counts.raw()))?;
+            let count_below = count_positive.then_some(config.num_classes());
+            let report = inputs::inspect(&labels, Some(self.counts.raw()), count_below)?;
             inputs::check_label_range(config, report.label_range)?;
             if report.bad_counts {
                 bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
             }
+            positive_rows = report.rows_below;
         }
 
         // From here on the inputs are known good: the counts take the batch.
@@ -308,6 +315,7 @@ impl SeesawLoss {
             loss_weight: config.loss_weight,
             reduction,
             avg_factor,
+            positive_rows,
         };
         compute(&call, use_fused).map_err(|e| match self.counts.add(&call.labels, -1, on_kernel) {
             Ok(()) => e,
@@ -401,7 +409,7 @@ impl SeesawLoss {
         let config = &self.config;
         let rows = inputs::check_scores(config, cls_score)?;
         let labels = inputs::check_labels(labels, rows, cls_score.device())?;
-        inputs::check_label_range(config, inputs::inspect(&labels, None)?.label_range)?;
+        inputs::check_label_range(config, inputs::inspect(&labels, None, None)?.label_range)?;
         let _guard = tch::no_grad_guard();
         let c = config.num_classes();
         Ok(match config.head() {

@@ -109,6 +109,13 @@ fn without_host_checks_bad_labels_give_nan_rows_not_faults() {
 }
 
 #[test]
+fn without_host_checks_the_kernel_matches_the_reference_on_the_gpu() {
+    let Some(dev) = cuda() else { return };
+    kernel::without_host_checks_matches_the_reference(dev);
+    tch::Cuda::synchronize(0);
+}
+
+#[test]
 fn a_failed_call_without_host_checks_takes_its_batch_back_out_on_the_device() {
     let Some(dev) = cuda() else { return };
     kernel::a_failed_call_without_host_checks_takes_its_batch_back_out(dev);

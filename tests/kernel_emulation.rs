@@ -59,6 +59,11 @@ fn without_host_checks_bad_labels_give_nan_rows() {
 }
 
 #[test]
+fn without_host_checks_the_emulated_path_matches_the_reference() {
+    kernel::without_host_checks_matches_the_reference(emulated());
+}
+
+#[test]
 fn a_failed_call_without_host_checks_takes_its_batch_back_out() {
     kernel::a_failed_call_without_host_checks_takes_its_batch_back_out(emulated());
 }

@@ -250,8 +250,9 @@ enum Divisor {
     /// Known on the host: `avg_factor + f32::EPSILON`, or the row count.
     Known(f64),
     /// The positive rows of a detection head's class part (at least 1), as
-    /// a 0-dim f32 tensor counted on the device: reading it back would make
-    /// the host wait for the GPU.
+    /// a 0-dim f32 tensor counted on the device, when the call's host read
+    /// did not bring them (`device_checks_on_host(false)`): reading it back
+    /// would make the host wait for the GPU.
     Counted(Tensor),
 }
 
@@ -288,10 +289,13 @@ fn mean_divisors(call: &Call) -> Option<(Divisor, Divisor)> {
     let all = call.labels.size()[0].max(1) as f64;
     let classes = match call.head {
         Head::Classification => Divisor::Known(all),
-        Head::Detection => {
-            let _guard = tch::no_grad_guard();
-            Divisor::Counted(call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0))
-        }
+        Head::Detection => match call.positive_rows {
+            Some(n) => Divisor::Known(n.max(1) as f64),
+            None => {
+                let _guard = tch::no_grad_guard();
+                Divisor::Counted(call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0))
+            }
+        },
     };
     Some((classes, Divisor::Known(all)))
 }

@@ -128,3 +128,42 @@ pub fn a_failed_call_without_host_checks_takes_its_batch_back_out(dev: Device) {
     assert!(loss.forward(&scores, &labels, None, None).is_err());
     assert_eq!(to_i64(&loss.cum_samples()), before);
 }
+
+/// `device_checks_on_host(false)` with good labels: the mean of a detection
+/// head's class part divides by positive rows counted on the device (no host
+/// read brings them), and the loss and gradients equal the reference path's,
+/// through the node and through `forward_backward`, over two steps.
+pub fn without_host_checks_matches_the_reference(dev: Device) {
+    let (c, n) = (80, 512);
+    let vs = nn::VarStore::new(dev);
+    let device_checked = SeesawConfig::detection(c).device_checks_on_host(false);
+    let mut node = SeesawLoss::new(vs.root() / "node", device_checked.clone()).unwrap();
+    let mut fb = SeesawLoss::new(vs.root() / "fb", device_checked).unwrap();
+    let mut reference = SeesawLoss::new(
+        vs.root() / "ref",
+        SeesawConfig::detection(c).backend(Backend::Reference),
+    )
+    .unwrap();
+    for step in 0..2 {
+        let scores = random_scores(n, c + 2, 40 + step).to_kind(Kind::Float).to_device(dev);
+        // Mostly background, as in a detector's batch.
+        let labels = random_labels(n, 4 * c, 50 + step).clamp_max(c).to_device(dev);
+        let (a, b) = (
+            scores.detach().copy().set_requires_grad(true),
+            scores.detach().copy().set_requires_grad(true),
+        );
+        let out_a = node.forward(&a, &labels, None, None).unwrap();
+        let out_b = reference.forward(&b, &labels, None, None).unwrap();
+        out_a.total().backward();
+        out_b.total().backward();
+        let e = rel_err(&out_a.total(), &out_b.total());
+        assert!(e < 1e-5, "loss rel err {e:e} (step {step})");
+        let e = rel_err(&a.grad(), &b.grad());
+        assert!(e < 1e-5, "node gradient rel err {e:e} (step {step})");
+        let (out, grad) = fb.forward_backward(&scores, &labels, None, None).unwrap();
+        let e = rel_err(&out.total(), &out_b.total());
+        assert!(e < 1e-5, "forward_backward loss rel err {e:e} (step {step})");
+        let e = rel_err(&grad, &b.grad());
+        assert!(e < 1e-5, "forward_backward gradient rel err {e:e} (step {step})");
+    }
+}

@@ -362,23 +362,33 @@ pub fn sweep_case(
         }
         outs
     };
+    // The inputs of both steps, made once for both sides: libtorch's random
+    // generator is global, and tests running on other threads draw from it.
+    let inputs: Vec<(Tensor, Tensor, Tensor)> = (0..2)
+        .map(|step| {
+            tch::manual_seed(seed * 10 + step);
+            let base = Tensor::randn(
+                [case.n, if case.strided { 2 * width } else { width }],
+                (Kind::Float, Device::Cpu),
+            ) * case.scale;
+            if case.nan_row && case.n > 0 {
+                let _ = base.get(0).fill_(f64::NAN);
+            }
+            let labels = Tensor::randint(high, [case.n], (Kind::Int64, Device::Cpu));
+            let weights = Tensor::rand([case.n], (Kind::Float, Device::Cpu)) + 0.5;
+            (base, labels, weights)
+        })
+        .collect();
     // Per step: the node's (outputs, gradient), then forward_backward's.
     let run = |backend: Backend, dev: Device| -> Vec<[(Vec<Tensor>, Tensor); 2]> {
         let vs = tch::nn::VarStore::new(dev);
         let mut loss = SeesawLoss::new(vs.root() / "node", config(backend)).unwrap();
         let mut fb_loss = SeesawLoss::new(vs.root() / "fb", config(backend)).unwrap();
-        (0..2)
-            .map(|step| {
-                tch::manual_seed(seed * 10 + step);
-                let base = Tensor::randn(
-                    [case.n, if case.strided { 2 * width } else { width }],
-                    (Kind::Float, Device::Cpu),
-                ) * case.scale;
-                if case.nan_row && case.n > 0 {
-                    let _ = base.get(0).fill_(f64::NAN);
-                }
-                let labels = Tensor::randint(high, [case.n], (Kind::Int64, Device::Cpu)).to_device(dev);
-                let weights = (Tensor::rand([case.n], (Kind::Float, Device::Cpu)) + 0.5).to_device(dev);
+        inputs
+            .iter()
+            .map(|(base, labels, weights)| {
+                let labels = labels.to_device(dev);
+                let weights = weights.to_device(dev);
                 let weights = case.weighted.then_some(&weights);
                 let leaf = base.to_kind(case.kind).to_device(dev).detach().set_requires_grad(true);
                 let scores = if case.strided {
