@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -66,7 +67,9 @@ struct Body {
 struct Warp {
     ucontext_t scheduler;
     ucontext_t lanes[WARP];
-    std::vector<char> stacks = std::vector<char>(WARP * STACK_BYTES);
+    // Left uninitialized: zeroing 4 MiB per worker and launch is most of a
+    // small launch's time.
+    std::unique_ptr<char[]> stacks{new char[WARP * STACK_BYTES]};
     bool exited[WARP];
     Meeting at[WARP];
     uint64_t slots[2][WARP];
@@ -112,7 +115,7 @@ std::string run_warp(Warp& w, unsigned block, unsigned first_thread) {
         w.at[lane] = {Op::None, 0, 0};
         w.thread_idx[lane].x = first_thread + lane;
         getcontext(&w.lanes[lane]);
-        w.lanes[lane].uc_stack.ss_sp = w.stacks.data() + lane * STACK_BYTES;
+        w.lanes[lane].uc_stack.ss_sp = w.stacks.get() + lane * STACK_BYTES;
         w.lanes[lane].uc_stack.ss_size = STACK_BYTES;
         w.lanes[lane].uc_link = &w.scheduler;
         makecontext(&w.lanes[lane], lane_main, 0);
@@ -122,22 +125,23 @@ std::string run_warp(Warp& w, unsigned block, unsigned first_thread) {
         int alive = 0;
         for (int lane = 0; lane < WARP; ++lane) alive += !w.exited[lane];
         if (alive == 0) return "";
-        char where[200];
-        snprintf(where, sizeof where, "block %u, warp %u, meeting %u", block, first_thread / WARP, w.round);
-        int waiting = -1;
-        for (int lane = 0; lane < WARP; ++lane)
-            if (!w.exited[lane]) waiting = lane;
-        if (alive != WARP)
-            return std::string("lane ") + std::to_string(waiting) +
-                   " waits at a warp intrinsic that other lanes left the kernel without reaching (" + where + ")";
+        // Formatted only for an error: this loop runs at every meeting.
+        auto where = [&]() {
+            return " (block " + std::to_string(block) + ", warp " + std::to_string(first_thread / WARP) +
+                   ", meeting " + std::to_string(w.round) + ")";
+        };
+        if (alive != WARP) {
+            int waiting = 0;
+            while (w.exited[waiting]) ++waiting;
+            return "lane " + std::to_string(waiting) +
+                   " waits at a warp intrinsic that other lanes left the kernel without reaching" + where();
+        }
         const Meeting m = w.at[0];
         if (m.mask != 0xffffffffu)
-            return std::string("a warp intrinsic with a partial mask, which the emulator does not model (") + where +
-                   ")";
+            return "a warp intrinsic with a partial mask, which the emulator does not model" + where();
         for (int lane = 1; lane < WARP; ++lane)
             if (w.at[lane].op != m.op || w.at[lane].mask != m.mask || w.at[lane].arg != m.arg)
-                return std::string("lanes 0 and ") + std::to_string(lane) +
-                       " are at different warp intrinsics (" + where + ")";
+                return "lanes 0 and " + std::to_string(lane) + " are at different warp intrinsics" + where();
         ++w.round;
         for (int lane = 0; lane < WARP; ++lane) resume(w, lane);
     }
@@ -217,7 +221,10 @@ bool guard(Guarded& g, const char* kernel, int arg, std::vector<GuardSlot*>& slo
     if (m == MAP_FAILED) return false;
     g.mapping = (char*)m;
     char* guard_page = g.mapping + data_pages * page;
-    if (mprotect(guard_page, page, PROT_NONE) != 0) return false;
+    if (mprotect(guard_page, page, PROT_NONE) != 0) {
+        munmap(g.mapping, g.mapped);
+        return false;
+    }
     g.copy = guard_page - g.bytes;
     memcpy(g.copy, g.original, g.bytes);
     if (GuardSlot* s = register_guard((uintptr_t)guard_page, kernel, arg)) slots.push_back(s);
@@ -375,12 +382,24 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     install_handler();
     std::vector<Guarded> buffers;
     std::vector<GuardSlot*> slots;
+    // Frees the guarded copies, first copying back what the kernel changed
+    // when it ran.
+    auto release = [&](bool copy_back) {
+        for (GuardSlot* s : slots) s->page.store(0);
+        for (Guarded& g : buffers) {
+            if (copy_back && memcmp(g.copy, g.original, g.bytes) != 0) memcpy(g.original, g.copy, g.bytes);
+            munmap(g.mapping, g.mapped);
+        }
+    };
     std::vector<uint64_t> values(n_args);
     for (size_t i = 0; i < n_args; ++i) {
         values[i] = args[i].value;
         if (args[i].buffer_bytes > 0 && args[i].value != 0) {
             Guarded g = {(char*)(uintptr_t)args[i].value, (size_t)args[i].buffer_bytes, nullptr, 0, nullptr};
-            if (!guard(g, name, (int)i, slots)) return fail(error, error_len, "mmap failed for a guarded copy");
+            if (!guard(g, name, (int)i, slots)) {
+                release(false);
+                return fail(error, error_len, "mmap failed for a guarded copy");
+            }
             buffers.push_back(g);
             values[i] = (uint64_t)(uintptr_t)g.copy;
         }
@@ -431,11 +450,7 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     worker();
     for (auto& t : threads) t.join();
 
-    for (GuardSlot* s : slots) s->page.store(0);
-    for (Guarded& g : buffers) {
-        if (memcmp(g.copy, g.original, g.bytes) != 0) memcpy(g.original, g.copy, g.bytes);
-        munmap(g.mapping, g.mapped);
-    }
+    release(true);
     if (failed.load()) return fail(error, error_len, first_error);
     return 0;
 }

@@ -127,18 +127,13 @@ fn nan_or_negative_counts_from_a_checkpoint_are_an_error_that_changes_nothing() 
 
 #[test]
 fn negative_int64_counts_are_an_error_that_changes_nothing() {
+    let scores = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let labels = Tensor::from_slice(&[1i64, 2]);
     for backend in [Backend::Fused, Backend::Reference] {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3).backend(backend)).unwrap();
         set_counts(&vs, &[4, -2, 7]);
-        let err = loss
-            .forward(
-                &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
-                &Tensor::from_slice(&[1i64, 2]),
-                None,
-                None,
-            )
-            .unwrap_err();
+        let err = loss.forward(&scores, &labels, None, None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("cum_samples holds NaN, infinite or negative counts"),
@@ -147,13 +142,7 @@ fn negative_int64_counts_are_an_error_that_changes_nothing() {
         assert_eq!(to_i64(&loss.cum_samples()), [4, -2, 7]);
         // Zero counts are fine.
         set_counts(&vs, &[0, 0, 0]);
-        loss.forward(
-            &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
-            &Tensor::from_slice(&[1i64, 2]),
-            None,
-            None,
-        )
-        .unwrap();
+        loss.forward(&scores, &labels, None, None).unwrap();
         assert_eq!(to_i64(&loss.cum_samples()), [0, 1, 1]);
     }
 }

@@ -377,28 +377,32 @@ impl Launch {
         ]
     }
 
-    /// The arguments seesaw_backward and seesaw_fused end with: the upstream
-    /// multipliers, the shape and the call's constants.
-    fn gradient_args(&self, up: &Upstream) -> [Arg; 11] {
-        let multiplier = |t: &Option<Tensor>| match t {
-            Some(t) => (Arg::of(t), Arg::I64(Upstream::stride(t) as i64)),
-            None => (Arg::of_optional(None), Arg::I64(0)),
-        };
-        let (classes, classes_stride) = multiplier(&up.classes);
-        let (objectness, objectness_stride) = multiplier(&up.objectness);
+    /// The arguments every row kernel ends with (seesaw_backward and
+    /// seesaw_fused add `loss_weight`): the shape and the call's constants.
+    fn shape_args(&self) -> [Arg; 6] {
         [
-            classes,
-            classes_stride,
-            objectness,
-            objectness_stride,
             Arg::I64(self.n),
             Arg::I32(self.classes),
             Arg::I32(self.detection),
             Arg::F32(self.params.p),
             Arg::F32(self.params.q),
             Arg::F32(self.params.log_eps),
-            Arg::F32(self.loss_weight),
         ]
+    }
+
+    /// The arguments seesaw_backward and seesaw_fused end with: the upstream
+    /// multipliers, the shape and constants, and `loss_weight`.
+    fn gradient_args(&self, up: &Upstream) -> Vec<Arg> {
+        let multiplier = |t: &Option<Tensor>| match t {
+            Some(t) => [Arg::of(t), Arg::I64(Upstream::stride(t) as i64)],
+            None => [Arg::of_optional(None), Arg::I64(0)],
+        };
+        multiplier(&up.classes)
+            .into_iter()
+            .chain(multiplier(&up.objectness))
+            .chain(self.shape_args())
+            .chain([Arg::F32(self.loss_weight)])
+            .collect()
     }
 }
 
@@ -419,24 +423,19 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     let rows = l.loss_rows();
     let stats = Tensor::empty([l.n, 2], (Kind::Float, l.device()));
     poison([&stats]);
-    l.rows(
-        Pass::Forward,
-        &[
-            Arg::of(&l.scores),
-            Arg::I64(l.row_stride),
-            Arg::of(&l.labels),
-            Arg::of(&l.log_counts),
-            Arg::of(&rows.class_loss),
-            Arg::of_optional(rows.objectness_loss.as_ref()),
-            Arg::of(&stats),
-            Arg::I64(l.n),
-            Arg::I32(l.classes),
-            Arg::I32(l.detection),
-            Arg::F32(l.params.p),
-            Arg::F32(l.params.q),
-            Arg::F32(l.params.log_eps),
-        ],
-    )?;
+    let args: Vec<Arg> = [
+        Arg::of(&l.scores),
+        Arg::I64(l.row_stride),
+        Arg::of(&l.labels),
+        Arg::of(&l.log_counts),
+        Arg::of(&rows.class_loss),
+        Arg::of_optional(rows.objectness_loss.as_ref()),
+        Arg::of(&stats),
+    ]
+    .into_iter()
+    .chain(l.shape_args())
+    .collect();
+    l.rows(Pass::Forward, &args)?;
     Ok((rows, stats))
 }
 

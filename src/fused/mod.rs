@@ -154,11 +154,7 @@ pub(crate) fn node_backward(
 ) -> Result<Tensor> {
     let divisors = mean_divisors(call);
     let scaled = |g: Tensor, divisor: Option<&Divisor>| {
-        let g = if g.kind() == Kind::Float {
-            g
-        } else {
-            g.to_kind(Kind::Float)
-        };
+        let g = in_kind(g, Kind::Float);
         match divisor {
             Some(d) => d.divide(g, 1.0),
             None => g,
@@ -214,7 +210,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
 fn reduce(call: &Call, rows: LossRows, mean: Option<&(Divisor, Divisor)>) -> (Tensor, Option<Tensor>) {
     let kind = call.compute_kind;
     let weigh = |loss: Tensor| {
-        let loss = if loss.kind() == kind { loss } else { loss.to_kind(kind) };
+        let loss = in_kind(loss, kind);
         match &call.weights {
             Some(w) => loss * w,
             None => loss,
@@ -228,6 +224,15 @@ fn reduce(call: &Call, rows: LossRows, mean: Option<&(Divisor, Divisor)>) -> (Te
     let classes = finish(weigh(rows.class_loss), mean.map(|m| &m.0));
     let objectness = rows.objectness_loss.map(|l| finish(weigh(l), mean.map(|m| &m.1)));
     (classes, objectness)
+}
+
+/// `t` in `kind`, with no operation when it already is.
+fn in_kind(t: Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t
+    } else {
+        t.to_kind(kind)
+    }
 }
 
 /// `t * factor`, with no operation for a factor of 1.
