@@ -14,6 +14,9 @@
 //! Link arguments of a build script reach this package's own targets only; the
 //! README says what a downstream binary needs (the `seesaw_loss::link` helpers).
 //!
+//! It reads the constants of `kernels/seesaw_params.h` into Rust
+//! (`$OUT_DIR/seesaw_constants.rs`), so each is written once.
+//!
 //! It also compiles the autograd shim (`shim/seesaw_autograd.cpp`) against the
 //! headers next to that library folder (`<lib>/../include`), with the flags
 //! torch-sys uses for its own C++ (C++17, the libtorch C++ ABI).
@@ -26,12 +29,15 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels/seesaw.cu");
     println!("cargo:rerun-if-changed=shim/seesaw_autograd.cpp");
     println!("cargo:rerun-if-changed=kernels/emulator.cpp");
+    println!("cargo:rerun-if-changed=kernels/seesaw_params.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = PathBuf::from(
         env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys publishes DEP_TCH_LIBTORCH_LIB (its `links` metadata)"),
     );
-    compile_shim(&lib);
-    if env::var_os("CARGO_FEATURE_KERNEL_EMULATION").is_some() {
+    write_shared_constants();
+    let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
+    compile_shim(&lib, testing);
+    if testing {
         compile_emulator();
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -52,14 +58,43 @@ fn main() {
     }
 }
 
-fn compile_shim(lib: &std::path::Path) {
+/// `#define SEESAW_NAME value` lines of the parameter header as Rust
+/// constants: `f`-suffixed values are f32, the others u32.
+fn write_shared_constants() {
+    let header = std::fs::read_to_string("kernels/seesaw_params.h").expect("kernels/seesaw_params.h is readable");
+    let mut rust = String::new();
+    for line in header.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("#define"), Some(name), Some(value), None) = (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let Some(name) = name.strip_prefix("SEESAW_") else {
+            continue;
+        };
+        let (ty, value) = match value.strip_suffix('f') {
+            Some(v) => ("f32", v),
+            None => ("u32", value),
+        };
+        rust.push_str(&format!("pub(crate) const {name}: {ty} = {value};\n"));
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("seesaw_constants.rs");
+    std::fs::write(out, rust).expect("OUT_DIR is writable");
+}
+
+fn compile_shim(lib: &std::path::Path, testing: bool) {
     let include = lib
         .parent()
         .expect("libtorch's lib folder has a parent")
         .join("include");
     // PyTorch's wheels since 2.7 use the C++11 ABI; torch-sys defaults to it too.
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    if testing {
+        // The operator counter of `seesaw_loss::testing`.
+        build.define("SEESAW_TESTING", None);
+    }
+    build
         .cpp(true)
         .file("shim/seesaw_autograd.cpp")
         .include(&include)
@@ -76,7 +111,7 @@ fn compile_shim(lib: &std::path::Path) {
         .compile("seesaw_autograd_shim");
 }
 
-/// The host emulator of the kernels (feature `kernel-emulation`, a test aid):
+/// The host emulator of the kernels (feature `testing`, a test aid):
 /// plain C++17, no libtorch.
 fn compile_emulator() {
     cc::Build::new()

@@ -1,6 +1,6 @@
 // Runs the kernels of kernels/seesaw.cu on the host, so that tests on a
 // machine without a GPU exercise the kernel source itself and the host code
-// that launches it (cargo feature `kernel-emulation`, src/fused/emulation.rs).
+// that launches it (cargo feature `testing`, src/fused/emulation.rs).
 //
 // A warp is 32 fibers (ucontext) on one OS thread, resumed in lane order. A
 // warp intrinsic (__shfl_xor_sync, __match_any_sync) is a point where every
@@ -345,13 +345,15 @@ const std::vector<Kernel>& kernels() {
 
 }  // namespace emu
 
-// One argument as cuLaunchKernel takes it: `size` bytes of `value`. A buffer
+// One argument as cuLaunchKernel takes it: `size` bytes of `value`, or of
+// `bytes` when the value is wider (a struct passed by value). A buffer
 // (`buffer_bytes` > 0, `value` its address) is what a pointer argument points
 // to: the kernel sees a guarded copy, and changes are copied back.
 struct SeesawEmuArg {
     uint64_t value;
     uint64_t size;
     uint64_t buffer_bytes;
+    const void* bytes;
 };
 
 static int fail(char* error, size_t error_len, const std::string& message) {
@@ -406,7 +408,7 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     }
     std::vector<void*> pointers(n_args);
     // Little-endian: the first bytes of a u64 slot are a 4-byte value.
-    for (size_t i = 0; i < n_args; ++i) pointers[i] = &values[i];
+    for (size_t i = 0; i < n_args; ++i) pointers[i] = args[i].bytes ? (void*)args[i].bytes : (void*)&values[i];
 
     std::atomic<bool> failed{false};
     std::string first_error;

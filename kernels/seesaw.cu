@@ -12,8 +12,14 @@
 // gradient pass re-reads a row the warp has just pulled through L1/L2, so
 // DRAM sees one read of the logits and one write of the gradient).
 //
+// Every kernel takes the call's parameter block (kernels/seesaw_params.h) by
+// value as its first argument.
+//
 // Compiled at run time by NVRTC, which has no default include path: no CUDA
-// headers, so the f16 / bf16 conversions are written here.
+// headers, so the f16 / bf16 conversions are written here; the parameter
+// header is handed to NVRTC by name (src/fused/cuda.rs).
+
+#include "seesaw_params.h"
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -25,7 +31,6 @@ struct bf16_t { u16 bits; };
 #define NEG_INF __int_as_float(0xff800000)
 #define QNAN __int_as_float(0x7fc00000)
 #define FULL_MASK 0xffffffffu
-#define WARPS_PER_BLOCK 8
 
 // ---- storage kinds <-> f32 ---------------------------------------------------
 
@@ -107,18 +112,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // ---- one row (math.rs: Adjustment, class_forward, class_grad, objectness_row) -
 
-// Below this a sum of exponentials is treated as underflowed (math.rs: UNDERFLOW).
-#define UNDERFLOW 1e-30f
-
-struct Params {
-    float p, q, log_eps;
-};
-
 struct Adjustment {
     float p, q, log_n_y, threshold;  // threshold = lse + max(z_y - lse, log eps)
 };
 
-__device__ __forceinline__ Adjustment make_adjustment(const Params& k, float lse, float z_y, float log_n_y) {
+__device__ __forceinline__ Adjustment make_adjustment(const SeesawParams& k, float lse, float z_y, float log_n_y) {
     Adjustment a = {k.p, k.q, log_n_y, lse + fmaxf(z_y - lse, k.log_eps)};
     return a;
 }
@@ -136,7 +134,7 @@ struct RowStats {
 
 // The loss pass of a class row: returns the unweighted loss, fills `stats`.
 template <typename T>
-__device__ __forceinline__ float class_forward(const Params& k, const T* __restrict__ z, int C, int label,
+__device__ __forceinline__ float class_forward(const SeesawParams& k, const T* __restrict__ z, int C, int label,
                                                const float* __restrict__ log_counts, int lane, RowStats& stats) {
     Lse first = {NEG_INF, 0.0f};
     for (int j = lane; j < C; j += 32) lse_push(first, load(z + j));
@@ -154,7 +152,7 @@ __device__ __forceinline__ float class_forward(const Params& k, const T* __restr
     }
     const float sum = warp_sum(part);
     float lse_adjusted = shift + logf(sum);
-    if (sum < UNDERFLOW) {  // warp-uniform: every lane holds the same sum
+    if (sum < SEESAW_UNDERFLOW) {  // warp-uniform: every lane holds the same sum
         Lse second = {NEG_INF, 0.0f};
         for (int j = lane; j < C; j += 32) {
             float zj = load(z + j);
@@ -170,7 +168,7 @@ __device__ __forceinline__ float class_forward(const Params& k, const T* __restr
 
 // The gradient pass of a class row: g = scale * (softmax(z') - onehot(label)).
 template <typename T>
-__device__ __forceinline__ void class_grad(const Params& k, const T* __restrict__ z, int C, int label,
+__device__ __forceinline__ void class_grad(const SeesawParams& k, const T* __restrict__ z, int C, int label,
                                            const float* __restrict__ log_counts, RowStats stats, float scale,
                                            T* __restrict__ g, int lane) {
     const float z_y = load(z + label);
@@ -200,7 +198,10 @@ __device__ __forceinline__ float objectness_row(float fg, float bg, bool backgro
 
 // ---- the kernels --------------------------------------------------------------
 //
-// logits     [N, width] with row stride `row_stride` (elements), unit column stride
+// k          the call's parameters: k.rows rows, k.classes = C, k.detection,
+//            k.row_stride (elements between rows of logits), the Seesaw
+//            constants and k.loss_weight
+// logits     [N, width] with row stride k.row_stride, unit column stride
 // grad       [N, width] contiguous, written whole
 // labels     [N] int64; out-of-range labels never index memory: their row gets
 //            NaN losses and a zero gradient (the host checks labels first)
@@ -221,51 +222,59 @@ struct Row {
     int label;
 };
 
-__device__ __forceinline__ Row row_of(const i64* __restrict__ labels, i64 n_rows, int C, int detection) {
+__device__ __forceinline__ Row row_of(const SeesawParams& k, const i64* __restrict__ labels) {
     Row r;
     r.lane = threadIdx.x & 31;
-    r.index = (i64)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
+    r.index = (i64)blockIdx.x * SEESAW_WARPS_PER_BLOCK + (threadIdx.x >> 5);
     r.valid = false;
     r.label = 0;
-    if (r.index < n_rows) {
+    if (r.index < k.rows) {
         const i64 label = labels[r.index];
-        const i64 max_label = detection ? C : C - 1;
+        const i64 max_label = k.detection ? k.classes : k.classes - 1;
         r.valid = label >= 0 && label <= max_label;
         r.label = r.valid ? (int)label : 0;
     }
     return r;
 }
 
+__device__ __forceinline__ int width_of(const SeesawParams& k) { return k.detection ? k.classes + 2 : k.classes; }
+
 __device__ __forceinline__ float upstream(const float* __restrict__ up, i64 stride, i64 row) {
     return up ? up[row * stride] : 0.0f;
 }
 
+// The upstream multipliers of a gradient pass.
+struct Upstream {
+    const float* cls;
+    i64 cls_stride;
+    const float* obj;
+    i64 obj_stride;
+};
+
 // The loss pass (and, with `grad`, the gradient pass) of one row.
 template <typename T>
-__device__ __forceinline__ void seesaw_row(const T* __restrict__ logits, i64 row_stride, T* __restrict__ grad,
+__device__ __forceinline__ void seesaw_row(const SeesawParams& k, const T* __restrict__ logits, T* __restrict__ grad,
                                            const i64* __restrict__ labels, const float* __restrict__ weights,
                                            const float* __restrict__ log_counts, float* __restrict__ class_loss,
                                            float* __restrict__ obj_loss, float* __restrict__ stats_out,
-                                           const float* __restrict__ up_cls, i64 up_cls_stride,
-                                           const float* __restrict__ up_obj, i64 up_obj_stride, i64 n_rows, int C,
-                                           int detection, float p, float q, float log_eps, float loss_weight) {
-    const Row r = row_of(labels, n_rows, C, detection);
-    if (r.index >= n_rows) return;  // uniform across the warp
-    const int width = detection ? C + 2 : C;
-    const T* z = logits + r.index * row_stride;
+                                           Upstream up) {
+    const Row r = row_of(k, labels);
+    if (r.index >= k.rows) return;  // uniform across the warp
+    const int C = k.classes;
+    const int width = width_of(k);
+    const T* z = logits + r.index * k.row_stride;
     T* g = grad ? grad + r.index * (i64)width : (T*)0;
     if (!r.valid) {
         if (g)
             for (int j = r.lane; j < width; j += 32) store(g + j, 0.0f);
         if (r.lane == 0) {
             if (class_loss) class_loss[r.index] = QNAN;
-            if (detection && obj_loss) obj_loss[r.index] = QNAN;
+            if (k.detection && obj_loss) obj_loss[r.index] = QNAN;
             if (stats_out) stats_out[2 * r.index] = stats_out[2 * r.index + 1] = QNAN;
         }
         return;
     }
-    const float scale = loss_weight * (weights ? weights[r.index] : 1.0f);
-    const Params k = {p, q, log_eps};
+    const float scale = k.loss_weight * (weights ? weights[r.index] : 1.0f);
     if (r.label < C) {
         RowStats stats;
         float loss = class_forward(k, z, C, r.label, log_counts, r.lane, stats);
@@ -276,7 +285,7 @@ __device__ __forceinline__ void seesaw_row(const T* __restrict__ logits, i64 row
                 stats_out[2 * r.index + 1] = stats.lse_adjusted;
             }
         }
-        if (g) class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up_cls, up_cls_stride, r.index), g, r.lane);
+        if (g) class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up.cls, up.cls_stride, r.index), g, r.lane);
     } else {
         if (g)
             for (int j = r.lane; j < C; j += 32) store(g + j, 0.0f);
@@ -285,70 +294,64 @@ __device__ __forceinline__ void seesaw_row(const T* __restrict__ logits, i64 row
             if (stats_out) stats_out[2 * r.index] = stats_out[2 * r.index + 1] = QNAN;
         }
     }
-    if (detection && r.lane == 0) {
+    if (k.detection && r.lane == 0) {
         float loss = objectness_row(load(z + C), load(z + C + 1), r.label == C, g ? g + C : (T*)0,
-                                    scale * upstream(up_obj, up_obj_stride, r.index));
+                                    scale * upstream(up.obj, up.obj_stride, r.index));
         if (obj_loss) obj_loss[r.index] = loss;
     }
 }
 
 // The gradient pass alone, from the loss pass's stats.
 template <typename T>
-__device__ __forceinline__ void seesaw_grad_row(const T* __restrict__ logits, i64 row_stride, T* __restrict__ grad,
-                                                const i64* __restrict__ labels, const float* __restrict__ weights,
+__device__ __forceinline__ void seesaw_grad_row(const SeesawParams& k, const T* __restrict__ logits,
+                                                T* __restrict__ grad, const i64* __restrict__ labels,
+                                                const float* __restrict__ weights,
                                                 const float* __restrict__ log_counts,
-                                                const float* __restrict__ stats_in, const float* __restrict__ up_cls,
-                                                i64 up_cls_stride, const float* __restrict__ up_obj,
-                                                i64 up_obj_stride, i64 n_rows, int C, int detection, float p,
-                                                float q, float log_eps, float loss_weight) {
-    const Row r = row_of(labels, n_rows, C, detection);
-    if (r.index >= n_rows) return;
-    const int width = detection ? C + 2 : C;
-    const T* z = logits + r.index * row_stride;
+                                                const float* __restrict__ stats_in, Upstream up) {
+    const Row r = row_of(k, labels);
+    if (r.index >= k.rows) return;
+    const int C = k.classes;
+    const int width = width_of(k);
+    const T* z = logits + r.index * k.row_stride;
     T* g = grad + r.index * (i64)width;
     if (!r.valid) {
         for (int j = r.lane; j < width; j += 32) store(g + j, 0.0f);
         return;
     }
-    const float scale = loss_weight * (weights ? weights[r.index] : 1.0f);
-    const Params k = {p, q, log_eps};
+    const float scale = k.loss_weight * (weights ? weights[r.index] : 1.0f);
     if (r.label < C) {
         RowStats stats = {stats_in[2 * r.index], stats_in[2 * r.index + 1]};
-        class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up_cls, up_cls_stride, r.index), g, r.lane);
+        class_grad(k, z, C, r.label, log_counts, stats, scale * upstream(up.cls, up.cls_stride, r.index), g, r.lane);
     } else {
         for (int j = r.lane; j < C; j += 32) store(g + j, 0.0f);
     }
-    if (detection && r.lane == 0) {
+    if (k.detection && r.lane == 0) {
         objectness_row(load(z + C), load(z + C + 1), r.label == C, g + C,
-                       scale * upstream(up_obj, up_obj_stride, r.index));
+                       scale * upstream(up.obj, up.obj_stride, r.index));
     }
 }
 
 #define SEESAW_KERNELS(SUFFIX, T)                                                                               \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
-        seesaw_forward_##SUFFIX(const T* logits, i64 row_stride, const i64* labels, const float* log_counts,    \
-                                float* class_loss, float* obj_loss, float* stats, i64 n_rows, int C,            \
-                                int detection, float p, float q, float log_eps) {                               \
-        seesaw_row<T>(logits, row_stride, (T*)0, labels, (const float*)0, log_counts, class_loss, obj_loss,     \
-                      stats, (const float*)0, 0, (const float*)0, 0, n_rows, C, detection, p, q, log_eps, 1.0f); \
+    extern "C" __global__ void __launch_bounds__(32 * SEESAW_WARPS_PER_BLOCK)                                   \
+        seesaw_forward_##SUFFIX(SeesawParams k, const T* logits, const i64* labels, const float* log_counts,    \
+                                float* class_loss, float* obj_loss, float* stats) {                             \
+        const Upstream none = {(const float*)0, 0, (const float*)0, 0};                                         \
+        seesaw_row<T>(k, logits, (T*)0, labels, (const float*)0, log_counts, class_loss, obj_loss, stats, none); \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
-        seesaw_backward_##SUFFIX(const T* logits, i64 row_stride, T* grad, const i64* labels,                   \
+    extern "C" __global__ void __launch_bounds__(32 * SEESAW_WARPS_PER_BLOCK)                                   \
+        seesaw_backward_##SUFFIX(SeesawParams k, const T* logits, T* grad, const i64* labels,                   \
                                  const float* weights, const float* log_counts, const float* stats,             \
                                  const float* up_cls, i64 up_cls_stride, const float* up_obj,                   \
-                                 i64 up_obj_stride, i64 n_rows, int C, int detection, float p, float q,         \
-                                 float log_eps, float loss_weight) {                                            \
-        seesaw_grad_row<T>(logits, row_stride, grad, labels, weights, log_counts, stats, up_cls, up_cls_stride, \
-                           up_obj, up_obj_stride, n_rows, C, detection, p, q, log_eps, loss_weight);            \
+                                 i64 up_obj_stride) {                                                           \
+        const Upstream up = {up_cls, up_cls_stride, up_obj, up_obj_stride};                                     \
+        seesaw_grad_row<T>(k, logits, grad, labels, weights, log_counts, stats, up);                            \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS_PER_BLOCK)                                          \
-        seesaw_fused_##SUFFIX(const T* logits, i64 row_stride, T* grad, const i64* labels, const float* weights, \
+    extern "C" __global__ void __launch_bounds__(32 * SEESAW_WARPS_PER_BLOCK)                                   \
+        seesaw_fused_##SUFFIX(SeesawParams k, const T* logits, T* grad, const i64* labels, const float* weights, \
                               const float* log_counts, float* class_loss, float* obj_loss, const float* up_cls,  \
-                              i64 up_cls_stride, const float* up_obj, i64 up_obj_stride, i64 n_rows, int C,      \
-                              int detection, float p, float q, float log_eps, float loss_weight) {              \
-        seesaw_row<T>(logits, row_stride, grad, labels, weights, log_counts, class_loss, obj_loss, (float*)0,   \
-                      up_cls, up_cls_stride, up_obj, up_obj_stride, n_rows, C, detection, p, q, log_eps,        \
-                      loss_weight);                                                                             \
+                              i64 up_cls_stride, const float* up_obj, i64 up_obj_stride) {                      \
+        const Upstream up = {up_cls, up_cls_stride, up_obj, up_obj_stride};                                     \
+        seesaw_row<T>(k, logits, grad, labels, weights, log_counts, class_loss, obj_loss, (float*)0, up);       \
     }
 
 SEESAW_KERNELS(f32, float)

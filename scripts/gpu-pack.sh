@@ -13,9 +13,11 @@ seesaw_libtorch_env
 rm -rf gpu-pack && mkdir -p gpu-pack
 # Test binaries (the GPU tests, the NVRTC check, the autograd node) and the
 # benchmark binaries (benches/gpu.rs, benches/seesaw.rs), plus the Python peer.
+# Built with the test aids (feature testing): the GPU tests use them, and the
+# GPU benchmark prints the launch and host-read counters.
 {
-    cargo test --release --no-run --test gpu --test kernel_source --test autograd --message-format=json
-    cargo bench --no-run --bench gpu --bench seesaw --message-format=json
+    cargo test --release --features testing --no-run --test gpu --test kernel_source --test autograd --message-format=json
+    cargo bench --features testing --no-run --bench gpu --bench seesaw --message-format=json
     cargo build --release --example long_tail --message-format=json
 } 2>/dev/null |
     python3 -c '

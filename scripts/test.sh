@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 source scripts/libtorch-env.sh
 seesaw_libtorch_env
 cargo fmt --check
-# The tests run with the kernel emulator (feature kernel-emulation), so the
-# CUDA path's kernels and host code are checked on machines without a GPU.
-cargo clippy --all-targets --features kernel-emulation --quiet -- -D warnings
+# The tests run with the test aids (feature testing): the kernel emulator, so
+# the CUDA path's kernels and host code are checked on machines without a
+# GPU, and the counters of launches, host reads and libtorch operations.
+cargo clippy --all-targets --features testing --quiet -- -D warnings
 cargo clippy --lib --quiet -- -D warnings
-cargo test --features kernel-emulation "$@"
+cargo test --features testing "$@"
 smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
 cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --json "$smoke/demo.json" >/dev/null

@@ -10,7 +10,10 @@
 // Between the two the node keeps the logits (which autograd holds anyway),
 // the labels, weights, log counts and O(N) statistics.
 //
-// It also lends the CPU mirror libtorch's thread pool (seesaw_parallel_for).
+// It also lends the CPU mirror libtorch's thread pool (seesaw_parallel_for),
+// gives the CUDA path libtorch's current stream (seesaw_current_cuda_stream),
+// reports the parameter block's layout for a test, and, built for the
+// `testing` feature (SEESAW_TESTING), counts libtorch operator calls.
 //
 // Tensors cross the boundary as heap-allocated at::Tensor handles, the
 // representation tch uses: each handle passed to Rust is owned by Rust, each
@@ -20,35 +23,29 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <string>
 
-extern "C" {
+#include "../kernels/seesaw_params.h"
 
-// Mirrors `ShimCall` in src/autograd.rs.
-struct SeesawShimCall {
-    int64_t num_classes;
-    int32_t detection;
-    int32_t reduction;  // 0 none, 1 sum, 2 mean
-    int32_t has_avg_factor;
-    double p, q, eps, loss_weight;
-    double avg_factor;  // read only when has_avg_factor
-    int64_t positive_rows;  // -1: not known on the host
-};
+extern "C" {
 
 enum { SEESAW_ERR_LEN = 4096 };
 
 // Returns 0, or non-zero with a message in `err`. `weights` may be null.
 // `outputs` receives the class loss, then the objectness loss (detection).
-typedef int (*seesaw_forward_fn)(const SeesawShimCall* call, at::Tensor* scores, at::Tensor* labels,
+typedef int (*seesaw_forward_fn)(const SeesawParams* params, at::Tensor* scores, at::Tensor* labels,
                                  at::Tensor* weights, at::Tensor* log_counts, at::Tensor** class_loss,
                                  at::Tensor** objectness_loss, at::Tensor** saved, char* err);
 // `g_classes` / `g_objectness` may be null: that output did not reach the loss.
-typedef int (*seesaw_backward_fn)(const SeesawShimCall* call, at::Tensor* scores, at::Tensor* labels,
+typedef int (*seesaw_backward_fn)(const SeesawParams* params, at::Tensor* scores, at::Tensor* labels,
                                   at::Tensor* weights, at::Tensor* log_counts, at::Tensor* saved,
                                   at::Tensor* g_classes, at::Tensor* g_objectness, at::Tensor** grad, char* err);
 }
@@ -67,37 +64,21 @@ at::Tensor take(at::Tensor* t) {
     return out;
 }
 
-// Callbacks and call parameters travel through saved_data as integers and
-// doubles: the only IValue kinds needed.
+// The parameter block travels through saved_data whole, as the bytes of a
+// string IValue, and the backward callback as an integer: adding a parameter
+// touches only its declaration.
 struct Saved {
-    static void put(AutogradContext* ctx, const SeesawShimCall& call, seesaw_backward_fn backward) {
+    static void put(AutogradContext* ctx, const SeesawParams& params, seesaw_backward_fn backward) {
         auto& d = ctx->saved_data;
-        d["num_classes"] = call.num_classes;
-        d["detection"] = static_cast<int64_t>(call.detection);
-        d["reduction"] = static_cast<int64_t>(call.reduction);
-        d["p"] = call.p;
-        d["q"] = call.q;
-        d["eps"] = call.eps;
-        d["loss_weight"] = call.loss_weight;
-        d["has_avg_factor"] = static_cast<int64_t>(call.has_avg_factor);
-        d["avg_factor"] = call.avg_factor;
-        d["positive_rows"] = call.positive_rows;
+        d["params"] = std::string(reinterpret_cast<const char*>(&params), sizeof params);
         d["backward"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(backward));
     }
-    static SeesawShimCall call(AutogradContext* ctx) {
-        auto& d = ctx->saved_data;
-        SeesawShimCall c;
-        c.num_classes = d["num_classes"].toInt();
-        c.detection = static_cast<int32_t>(d["detection"].toInt());
-        c.reduction = static_cast<int32_t>(d["reduction"].toInt());
-        c.p = d["p"].toDouble();
-        c.q = d["q"].toDouble();
-        c.eps = d["eps"].toDouble();
-        c.loss_weight = d["loss_weight"].toDouble();
-        c.has_avg_factor = static_cast<int32_t>(d["has_avg_factor"].toInt());
-        c.avg_factor = d["avg_factor"].toDouble();
-        c.positive_rows = d["positive_rows"].toInt();
-        return c;
+    static SeesawParams params(AutogradContext* ctx) {
+        const std::string bytes = ctx->saved_data["params"].toStringRef();
+        TORCH_CHECK(bytes.size() == sizeof(SeesawParams), "the Seesaw node lost its parameters");
+        SeesawParams params;
+        std::memcpy(&params, bytes.data(), sizeof params);
+        return params;
     }
     static seesaw_backward_fn backward(AutogradContext* ctx) {
         return reinterpret_cast<seesaw_backward_fn>(static_cast<intptr_t>(ctx->saved_data["backward"].toInt()));
@@ -107,8 +88,8 @@ struct Saved {
 struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
     static variable_list forward(AutogradContext* ctx, const at::Tensor& scores, const at::Tensor& labels,
                                  const std::optional<at::Tensor>& weights, const at::Tensor& log_counts,
-                                 SeesawShimCall call,
-                                 seesaw_forward_fn forward_fn, seesaw_backward_fn backward_fn) {
+                                 SeesawParams params, seesaw_forward_fn forward_fn,
+                                 seesaw_backward_fn backward_fn) {
         char err[SEESAW_ERR_LEN] = {0};
         at::Tensor* class_loss = nullptr;
         at::Tensor* objectness_loss = nullptr;
@@ -116,13 +97,13 @@ struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
         // Autograd records an input's metadata, so absent weights travel as an
         // empty optional rather than an undefined tensor.
         const at::Tensor w = weights.has_value() ? *weights : at::Tensor();
-        int rc = forward_fn(&call, handle(scores), handle(labels), handle(w), handle(log_counts),
+        int rc = forward_fn(&params, handle(scores), handle(labels), handle(w), handle(log_counts),
                             &class_loss, &objectness_loss, &saved, err);
         at::Tensor classes = take(class_loss), objectness = take(objectness_loss), stats = take(saved);
         TORCH_CHECK(rc == 0, err);
         ctx->save_for_backward({scores, labels, w, log_counts, stats});
-        Saved::put(ctx, call, backward_fn);
-        if (call.detection) return {classes, objectness};
+        Saved::put(ctx, params, backward_fn);
+        if (params.detection) return {classes, objectness};
         return {classes};
     }
 
@@ -130,13 +111,13 @@ struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
         TORCH_CHECK(!at::GradMode::is_enabled(),
                     "the fused Seesaw loss has no double backward (backward was called with create_graph); "
                     "use Backend::Reference for higher-order gradients");
-        SeesawShimCall call = Saved::call(ctx);
+        SeesawParams params = Saved::params(ctx);
         variable_list saved = ctx->get_saved_variables();
         at::Tensor g_classes = grad_outputs.size() > 0 ? grad_outputs[0] : at::Tensor();
         at::Tensor g_objectness = grad_outputs.size() > 1 ? grad_outputs[1] : at::Tensor();
         char err[SEESAW_ERR_LEN] = {0};
         at::Tensor* grad = nullptr;
-        int rc = Saved::backward(ctx)(&call, handle(saved[0]), handle(saved[1]), handle(saved[2]),
+        int rc = Saved::backward(ctx)(&params, handle(saved[0]), handle(saved[1]), handle(saved[2]),
                                       handle(saved[3]), handle(saved[4]), handle(g_classes),
                                       handle(g_objectness), &grad, err);
         at::Tensor scores_grad = take(grad);
@@ -153,14 +134,14 @@ void copy_message(const char* what, char* err) {
 
 }  // namespace
 
-extern "C" int seesaw_autograd_apply(const SeesawShimCall* call, const at::Tensor* scores, const at::Tensor* labels,
+extern "C" int seesaw_autograd_apply(const SeesawParams* params, const at::Tensor* scores, const at::Tensor* labels,
                                      const at::Tensor* weights, const at::Tensor* log_counts,
                                      seesaw_forward_fn forward_fn, seesaw_backward_fn backward_fn,
                                      at::Tensor** class_loss, at::Tensor** objectness_loss, char* err) {
     try {
         std::optional<at::Tensor> w = weights ? std::optional<at::Tensor>(*weights) : std::nullopt;
-        variable_list out = SeesawFunction::apply(*scores, *labels, w, *log_counts,
-                                                  *call, forward_fn, backward_fn);
+        variable_list out =
+            SeesawFunction::apply(*scores, *labels, w, *log_counts, *params, forward_fn, backward_fn);
         *class_loss = new at::Tensor(out[0]);
         *objectness_loss = out.size() > 1 ? new at::Tensor(out[1]) : nullptr;
         return 0;
@@ -178,3 +159,114 @@ extern "C" int seesaw_autograd_apply(const SeesawShimCall* call, const at::Tenso
 extern "C" void seesaw_parallel_for(int64_t n, int64_t grain, void (*f)(void*, int64_t, int64_t), void* ctx) {
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { f(ctx, begin, end); });
 }
+
+// libtorch's current CUDA stream for the device (a cudaStream_t, which the
+// driver API takes as a CUstream), found through c10's device guard
+// interface so that no CUDA header is needed. Returns 0, or non-zero with a
+// message in `err` (SEESAW_ERR_LEN bytes).
+extern "C" int seesaw_current_cuda_stream(int64_t device_index, void** stream, char* err) {
+    try {
+        const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+        const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
+        *stream = impl->getStream(device).native_handle();
+        return 0;
+    } catch (const c10::Error& e) {
+        copy_message(e.what_without_backtrace(), err);
+    } catch (const std::exception& e) {
+        copy_message(e.what(), err);
+    }
+    return 1;
+}
+
+// Size, alignment and field offsets of SeesawParams in declaration order, for
+// the test that holds the Rust declaration to this one. Returns how many
+// values it wrote.
+extern "C" int64_t seesaw_params_layout(int64_t* out, int64_t len) {
+    const int64_t values[] = {
+        (int64_t)sizeof(SeesawParams),
+        (int64_t)alignof(SeesawParams),
+        (int64_t)offsetof(SeesawParams, rows),
+        (int64_t)offsetof(SeesawParams, row_stride),
+        (int64_t)offsetof(SeesawParams, positive_rows),
+        (int64_t)offsetof(SeesawParams, avg_factor),
+        (int64_t)offsetof(SeesawParams, classes),
+        (int64_t)offsetof(SeesawParams, detection),
+        (int64_t)offsetof(SeesawParams, reduction),
+        (int64_t)offsetof(SeesawParams, has_avg_factor),
+        (int64_t)offsetof(SeesawParams, p),
+        (int64_t)offsetof(SeesawParams, q),
+        (int64_t)offsetof(SeesawParams, log_eps),
+        (int64_t)offsetof(SeesawParams, loss_weight),
+    };
+    const int64_t n = std::min<int64_t>(len, sizeof values / sizeof values[0]);
+    for (int64_t i = 0; i < n; ++i) out[i] = values[i];
+    return n;
+}
+
+// The header's constants as the C++ compiler reads them.
+extern "C" int64_t seesaw_shared_constants(double* out, int64_t len) {
+    const double values[] = {SEESAW_WARPS_PER_BLOCK, SEESAW_COUNT_BLOCK, SEESAW_UNDERFLOW};
+    const int64_t n = std::min<int64_t>(len, sizeof values / sizeof values[0]);
+    for (int64_t i = 0; i < n; ++i) out[i] = values[i];
+    return n;
+}
+
+#ifdef SEESAW_TESTING
+#include <ATen/record_function.h>
+
+#include <atomic>
+#include <vector>
+
+// Operator counter of seesaw_loss::testing::libtorch_ops: a global
+// RecordFunction observer (it sees every dispatcher call on every thread,
+// nested ones included). A call that makes no nested call is a leaf; a leaf
+// that is not a view, an allocation or a no-op conversion is what would be
+// a device launch on CUDA.
+namespace {
+
+std::atomic<uint64_t> op_calls{0};
+std::atomic<uint64_t> op_launches{0};
+// Per thread: whether each open call has made a nested call.
+thread_local std::vector<bool> open_calls;
+
+bool launches_nothing(const char* name) {
+    static const char* const names[] = {
+        "aten::empty",      "aten::empty_strided", "aten::empty_like", "aten::view",      "aten::_reshape_alias",
+        "aten::reshape",    "aten::as_strided",    "aten::detach",     "aten::detach_",   "aten::alias",
+        "aten::t",          "aten::transpose",     "aten::select",     "aten::narrow",    "aten::slice",
+        "aten::unsqueeze",  "aten::squeeze",       "aten::expand",     "aten::permute",   "aten::lift_fresh",
+        "aten::resize_",    "aten::set_",          "aten::_unsafe_view", "aten::contiguous", "aten::to",
+        "aten::_to_copy",   "aten::requires_grad_", "aten::set_requires_grad", "aten::result_type",
+        "aten::is_nonzero", "aten::_local_scalar_dense", "aten::item", "aten::size", "aten::stride",
+    };
+    for (const char* n : names)
+        if (std::strcmp(n, name) == 0) return true;
+    return false;
+}
+
+std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction&) {
+    op_calls.fetch_add(1);
+    if (!open_calls.empty()) open_calls.back() = true;
+    open_calls.push_back(false);
+    return nullptr;
+}
+
+void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
+    if (open_calls.empty()) return;  // entered before the observer was installed
+    const bool had_nested = open_calls.back();
+    open_calls.pop_back();
+    if (!had_nested && !launches_nothing(fn.name())) op_launches.fetch_add(1);
+}
+
+}  // namespace
+
+extern "C" void seesaw_testing_op_counts(uint64_t* calls, uint64_t* launches) {
+    static const bool installed = [] {
+        at::addGlobalCallback(at::RecordFunctionCallback(on_enter, on_exit).scopes({at::RecordScope::FUNCTION}));
+        return true;
+    }();
+    (void)installed;
+    *calls = op_calls.load();
+    *launches = op_launches.load();
+}
+#endif

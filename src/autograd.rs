@@ -24,35 +24,13 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use crate::call::Call;
-use crate::config::{Head, Reduction};
-use crate::inputs;
+use crate::params::SeesawParams;
 
 /// The size of the error buffers the shim passes (`SEESAW_ERR_LEN`).
-const ERR_LEN: usize = 4096;
-
-/// A call's parameters as the shim stores them in the node (mirrors
-/// `SeesawShimCall`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ShimCall {
-    num_classes: i64,
-    detection: i32,
-    /// 0 none, 1 sum, 2 mean.
-    reduction: i32,
-    /// Whether `avg_factor` holds one: any value, negative or NaN included,
-    /// passes through as the caller gave it.
-    has_avg_factor: i32,
-    p: f64,
-    q: f64,
-    eps: f64,
-    loss_weight: f64,
-    avg_factor: f64,
-    /// `Call::positive_rows`, -1 for none.
-    positive_rows: i64,
-}
+pub(crate) const ERR_LEN: usize = 4096;
 
 type ForwardFn = unsafe extern "C" fn(
-    call: *const ShimCall,
+    params: *const SeesawParams,
     scores: *mut C_tensor,
     labels: *mut C_tensor,
     weights: *mut C_tensor,
@@ -64,7 +42,7 @@ type ForwardFn = unsafe extern "C" fn(
 ) -> c_int;
 
 type BackwardFn = unsafe extern "C" fn(
-    call: *const ShimCall,
+    params: *const SeesawParams,
     scores: *mut C_tensor,
     labels: *mut C_tensor,
     weights: *mut C_tensor,
@@ -78,7 +56,7 @@ type BackwardFn = unsafe extern "C" fn(
 
 extern "C" {
     fn seesaw_autograd_apply(
-        call: *const ShimCall,
+        params: *const SeesawParams,
         scores: *const C_tensor,
         labels: *const C_tensor,
         weights: *const C_tensor,
@@ -91,59 +69,10 @@ extern "C" {
     ) -> c_int;
 }
 
-impl ShimCall {
-    fn of(call: &Call) -> ShimCall {
-        ShimCall {
-            num_classes: call.num_classes,
-            detection: (call.head == Head::Detection) as i32,
-            reduction: match call.reduction {
-                Reduction::None => 0,
-                Reduction::Sum => 1,
-                Reduction::Mean => 2,
-            },
-            p: call.p,
-            q: call.q,
-            eps: call.eps,
-            loss_weight: call.loss_weight,
-            has_avg_factor: call.avg_factor.is_some() as i32,
-            avg_factor: call.avg_factor.unwrap_or(0.0),
-            positive_rows: call.positive_rows.unwrap_or(-1),
-        }
-    }
-
-    fn to_call(self, scores: Tensor, labels: Tensor, weights: Option<Tensor>, log_counts: Tensor) -> Call {
-        Call {
-            head: if self.detection != 0 {
-                Head::Detection
-            } else {
-                Head::Classification
-            },
-            num_classes: self.num_classes,
-            compute_kind: inputs::compute_kind(scores.kind()),
-            scores,
-            labels,
-            weights,
-            log_counts,
-            p: self.p,
-            q: self.q,
-            eps: self.eps,
-            loss_weight: self.loss_weight,
-            reduction: match self.reduction {
-                0 => Reduction::None,
-                1 => Reduction::Sum,
-                _ => Reduction::Mean,
-            },
-            avg_factor: (self.has_avg_factor != 0).then_some(self.avg_factor),
-            positive_rows: (self.positive_rows >= 0).then_some(self.positive_rows),
-        }
-    }
-}
-
 /// Runs the fused loss through the autograd node: returns the class part and
 /// (detection) the objectness part, reduced as the call asks (per row, all
 /// rows, for [`Reduction::None`]). Their gradient reaches `call.scores`.
 pub(crate) fn apply(call: &Call) -> Result<(Tensor, Option<Tensor>)> {
-    let shim_call = ShimCall::of(call);
     let mut class_loss: *mut C_tensor = std::ptr::null_mut();
     let mut objectness_loss: *mut C_tensor = std::ptr::null_mut();
     let mut err = vec![0 as c_char; ERR_LEN];
@@ -152,7 +81,7 @@ pub(crate) fn apply(call: &Call) -> Result<(Tensor, Option<Tensor>)> {
     // receive owned handles or stay null.
     let rc = unsafe {
         seesaw_autograd_apply(
-            &shim_call,
+            &call.params,
             call.scores.as_ptr(),
             call.labels.as_ptr(),
             call.weights.as_ref().map_or(std::ptr::null(), |w| w.as_ptr()),
@@ -186,7 +115,7 @@ fn give(mut t: Tensor) -> *mut C_tensor {
     ptr
 }
 
-fn message(err: &[c_char]) -> String {
+pub(crate) fn message(err: &[c_char]) -> String {
     let bytes: Vec<u8> = err.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
@@ -218,7 +147,7 @@ unsafe fn guarded(err: *mut c_char, body: impl FnOnce() -> Result<()>) -> c_int 
 
 /// The node's forward (called by the shim with the node's inputs).
 unsafe extern "C" fn forward_callback(
-    call: *const ShimCall,
+    params: *const SeesawParams,
     scores: *mut C_tensor,
     labels: *mut C_tensor,
     weights: *mut C_tensor,
@@ -230,16 +159,17 @@ unsafe extern "C" fn forward_callback(
 ) -> c_int {
     // Take ownership first, so that the handles are freed whatever happens.
     let (scores, labels, weights, log_counts) = (owned(scores), owned(labels), owned(weights), owned(log_counts));
-    let shim_call = *call;
+    let params = *params;
     guarded(err, move || {
         let missing = || anyhow!("the autograd node got no scores, labels or counts");
-        let call = shim_call.to_call(
+        let call = Call::from_params(
+            params,
             scores.ok_or_else(missing)?,
             labels.ok_or_else(missing)?,
             weights,
             log_counts.ok_or_else(missing)?,
         );
-        testing::check(testing::Fault::ForwardError)?;
+        faults::check(faults::Fault::ForwardError)?;
         let (classes, objectness, stats) = crate::fused::node_forward(&call)?;
         *class_loss = give(classes);
         *objectness_loss = objectness.map_or(std::ptr::null_mut(), give);
@@ -251,7 +181,7 @@ unsafe extern "C" fn forward_callback(
 /// The node's backward (called by the shim, on autograd's thread for the
 /// device).
 unsafe extern "C" fn backward_callback(
-    call: *const ShimCall,
+    params: *const SeesawParams,
     scores: *mut C_tensor,
     labels: *mut C_tensor,
     weights: *mut C_tensor,
@@ -270,48 +200,60 @@ unsafe extern "C" fn backward_callback(
         owned(saved),
     );
     let (g_classes, g_objectness) = (owned(g_classes), owned(g_objectness));
-    let shim_call = *call;
+    let params = *params;
     guarded(err, move || {
         let missing = || anyhow!("the autograd node lost its saved tensors");
-        let call = shim_call.to_call(
+        let call = Call::from_params(
+            params,
             scores.ok_or_else(missing)?,
             labels.ok_or_else(missing)?,
             weights,
             log_counts.ok_or_else(missing)?,
         );
-        testing::check(testing::Fault::BackwardError)?;
-        testing::check(testing::Fault::BackwardPanic)?;
+        faults::check(faults::Fault::BackwardError)?;
+        faults::check(faults::Fault::BackwardPanic)?;
         let g = crate::fused::node_backward(&call, &saved.ok_or_else(missing)?, g_classes, g_objectness)?;
         *grad = give(g);
         Ok(())
     })
 }
 
-/// Fault injection for the tests of the FFI boundary: the next callback of
-/// the given kind on the injecting thread fails once (CPU autograd runs the
-/// backward on the thread that calls it). Not part of the API.
-#[doc(hidden)]
-pub mod testing {
-    use std::cell::Cell;
-
-    /// A failure the next matching callback produces.
+/// Fault injection for the tests of the FFI boundary (feature `testing`):
+/// the next callback of the given kind on the injecting thread fails once
+/// (CPU autograd runs the backward on the thread that calls it). Without the
+/// feature the checks compile to nothing.
+pub(crate) mod faults {
+    /// A failure the next matching autograd callback produces.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub enum Fault {
+        /// The node's forward returns an error.
         ForwardError,
+        /// The node's backward returns an error.
         BackwardError,
+        /// The node's backward panics.
         BackwardPanic,
     }
 
+    #[cfg(feature = "testing")]
     thread_local! {
-        static NEXT: Cell<Option<Fault>> = const { Cell::new(None) };
+        static NEXT: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
     }
 
-    /// Makes the next callback of `fault`'s kind on this thread fail.
+    /// Makes the next autograd callback of `fault`'s kind on this thread
+    /// fail.
+    ///
+    /// ```
+    /// use seesaw_loss::testing::{inject, Fault};
+    /// inject(Fault::BackwardError);
+    /// # inject(Fault::ForwardError); // replaces it: nothing fails later
+    /// ```
+    #[cfg(feature = "testing")]
     pub fn inject(fault: Fault) {
         NEXT.with(|n| n.set(Some(fault)));
     }
 
-    pub(super) fn check(fault: Fault) -> anyhow::Result<()> {
+    #[cfg(feature = "testing")]
+    pub(crate) fn check(fault: Fault) -> anyhow::Result<()> {
         if NEXT.with(|n| n.get()) != Some(fault) {
             return Ok(());
         }
@@ -320,5 +262,11 @@ pub mod testing {
             Fault::BackwardPanic => panic!("injected panic in the backward callback"),
             _ => anyhow::bail!("injected {fault:?} in the Seesaw autograd callback"),
         }
+    }
+
+    #[cfg(not(feature = "testing"))]
+    #[inline(always)]
+    pub(crate) fn check(_fault: Fault) -> anyhow::Result<()> {
+        Ok(())
     }
 }

@@ -2,14 +2,23 @@
 
 use tch::{Kind, Tensor};
 
-use crate::config::{Head, Reduction};
+use crate::config::{Head, Reduction, SeesawConfig};
+use crate::params::SeesawParams;
+
+/// The Seesaw constants as configured, in f64: what the reference path
+/// computes with. The fused paths compute in f32 from [`Call::params`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Exact {
+    pub p: f64,
+    pub q: f64,
+    pub eps: f64,
+    pub loss_weight: f64,
+}
 
 /// Everything a backend needs for one call. Built by
 /// [`SeesawLoss`](crate::SeesawLoss) after validation and after the counts
 /// took the current batch in.
 pub(crate) struct Call {
-    pub head: Head,
-    pub num_classes: i64,
     /// `cls_score` as the caller gave it: gradients flow back through it.
     pub scores: Tensor,
     /// `[N]` int64, checked to be in range for the head.
@@ -19,35 +28,98 @@ pub(crate) struct Call {
     /// `[C]` `log(max(n, 1))` in the compute kind.
     pub log_counts: Tensor,
     pub compute_kind: Kind,
-    pub p: f64,
-    pub q: f64,
-    pub eps: f64,
-    pub loss_weight: f64,
-    pub reduction: Reduction,
-    pub avg_factor: Option<f64>,
-    /// The detection head's positive rows (labels below `num_classes`), when
-    /// the call's host read brought them; `None` leaves them to the device.
-    pub positive_rows: Option<i64>,
+    /// Head, shape, reduction and the constants in f32, as the kernels and
+    /// the autograd node take them.
+    pub params: SeesawParams,
+    pub exact: Exact,
 }
 
 impl Call {
+    /// A validated call under `config`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: &SeesawConfig,
+        scores: &Tensor,
+        labels: Tensor,
+        weights: Option<Tensor>,
+        log_counts: Tensor,
+        reduction: Reduction,
+        avg_factor: Option<f64>,
+        positive_rows: Option<i64>,
+    ) -> Call {
+        Call {
+            compute_kind: crate::inputs::compute_kind(scores.kind()),
+            params: SeesawParams::new(config, &scores.size(), reduction, avg_factor, positive_rows),
+            exact: Exact {
+                p: config.p,
+                q: config.q,
+                eps: config.eps,
+                loss_weight: config.loss_weight,
+            },
+            scores: scores.shallow_clone(),
+            labels,
+            weights,
+            log_counts,
+        }
+    }
+
+    pub(crate) fn head(&self) -> Head {
+        self.params.head()
+    }
+
+    pub(crate) fn num_classes(&self) -> i64 {
+        self.params.classes as i64
+    }
+
+    pub(crate) fn reduction(&self) -> Reduction {
+        self.params.reduction()
+    }
+
+    pub(crate) fn avg_factor(&self) -> Option<f64> {
+        self.params.avg_factor()
+    }
+
+    /// The detection head's positive rows (labels below `num_classes`), when
+    /// the call's host read brought them; `None` leaves them to the device.
+    pub(crate) fn positive_rows(&self) -> Option<i64> {
+        self.params.positive_rows()
+    }
+
+    /// The call the autograd node rebuilds from what it kept: the fused
+    /// paths read only `params`, so `exact` is `params` widened.
+    pub(crate) fn from_params(
+        params: SeesawParams,
+        scores: Tensor,
+        labels: Tensor,
+        weights: Option<Tensor>,
+        log_counts: Tensor,
+    ) -> Call {
+        Call {
+            compute_kind: crate::inputs::compute_kind(scores.kind()),
+            scores,
+            labels,
+            weights,
+            log_counts,
+            exact: Exact {
+                p: params.p as f64,
+                q: params.q as f64,
+                eps: (params.log_eps as f64).exp(),
+                loss_weight: params.loss_weight as f64,
+            },
+            params,
+        }
+    }
+
     /// The same call on other scores (same shape and device).
     pub(crate) fn with_scores(&self, scores: Tensor) -> Call {
         Call {
-            head: self.head,
-            num_classes: self.num_classes,
             scores,
             labels: self.labels.shallow_clone(),
             weights: self.weights.as_ref().map(Tensor::shallow_clone),
             log_counts: self.log_counts.shallow_clone(),
             compute_kind: self.compute_kind,
-            p: self.p,
-            q: self.q,
-            eps: self.eps,
-            loss_weight: self.loss_weight,
-            reduction: self.reduction,
-            avg_factor: self.avg_factor,
-            positive_rows: self.positive_rows,
+            params: self.params,
+            exact: self.exact,
         }
     }
 }

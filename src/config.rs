@@ -258,6 +258,15 @@ impl SeesawConfig {
                 self.num_classes
             );
         }
+        // The kernels index classes with 32-bit integers, and a detection
+        // row has two more columns.
+        let most = i32::MAX as i64 - 2;
+        if self.num_classes > most {
+            bail!(
+                "invalid config: num_classes must be at most {most}, got {}",
+                self.num_classes
+            );
+        }
         check_exponent("p", self.p)?;
         check_exponent("q", self.q)?;
         if !(self.eps > 0.0 && self.eps.is_finite()) {

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::call::Call;
-use crate::config::{Head, Reduction, SeesawConfig};
+use crate::config::{Reduction, SeesawConfig};
 use crate::{fused, inputs, reference};
 
 /// Seesaw cross-entropy of `cls_score` `[N, C]` for `labels` `[N]` in
@@ -70,23 +70,10 @@ pub fn seesaw_ce_loss(
         bail!("cum_samples holds NaN, infinite or negative counts");
     }
     let log_counts = cum_samples.detach().to_kind(compute_kind).clamp_min(1.0).log();
-    let call = Call {
-        head: Head::Classification,
-        num_classes: shape[1],
-        scores: cls_score.shallow_clone(),
-        labels,
-        weights,
-        log_counts,
-        compute_kind,
-        p,
-        q,
-        eps,
-        loss_weight: 1.0,
-        reduction,
-        avg_factor,
-        positive_rows: None,
-    };
-    let parts = if fused::unsupported(cls_score).is_none() {
+    let call = Call::new(
+        &config, cls_score, labels, weights, log_counts, reduction, avg_factor, None,
+    );
+    let parts = if fused::unsupported(device, cls_score.kind()).is_none() {
         fused::forward(&call)?
     } else {
         reference::forward(&call)

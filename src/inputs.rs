@@ -163,6 +163,7 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, count_below: Opt
             rows_below: count_below.map(|_| 0),
         });
     }
+    crate::probe::host_read();
     let mut host = Tensor::cat(&parts, 0);
     if host.device() != Device::Cpu {
         host = host.to_device(Device::Cpu);

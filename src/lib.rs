@@ -43,19 +43,18 @@ mod fused;
 mod inputs;
 mod loss;
 mod math;
+mod params;
+mod probe;
 mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub mod link;
 
-#[doc(hidden)]
-pub use autograd::testing as autograd_testing;
 pub use config::{Backend, Head, Reduction, SeesawConfig};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
-#[cfg(feature = "kernel-emulation")]
-#[doc(hidden)]
-pub use fused::emulation as kernel_emulation;
-pub use loss::{SeesawAccuracy, SeesawLoss, SeesawOutput};
+pub use loss::{ComputePath, PathChoice, SeesawAccuracy, SeesawLoss, SeesawOutput};
 
 /// The README's Rust example compiles and runs as a doctest.
 #[doc = include_str!("../README.md")]

@@ -36,6 +36,28 @@ pub fn load_torch_cuda() -> Result<bool> {
     Ok(true)
 }
 
+/// NVRTC's library in the PyTorch wheel this process's libtorch comes from
+/// (`site-packages/nvidia/cu13/lib`, beside `site-packages/torch/lib`), loaded
+/// by full path so that a downstream binary needs no `LD_LIBRARY_PATH`.
+/// Returns the path when the file exists (loaded or not); `None` when
+/// libtorch is not from such a wheel.
+pub(crate) fn preload_nvrtc() -> Option<std::path::PathBuf> {
+    let torch_lib = mapped_dir(|name| name == "libtorch_cpu.so")?;
+    let site_packages = torch_lib.parent()?.parent()?;
+    let path = site_packages
+        .join("nvidia")
+        .join("cu13")
+        .join("lib")
+        .join("libnvrtc.so.13");
+    if !path.exists() {
+        return None;
+    }
+    if let Err(e) = dlopen_global(&path) {
+        log::debug!("seesaw-loss: {e:#}");
+    }
+    Some(path)
+}
+
 /// NVRTC loads `libnvrtc-builtins.so.13.x` by name at compile time, from code
 /// inside libnvrtc, where this binary's rpath does not apply. Loading it first
 /// from the folder libnvrtc came from makes that lookup succeed without

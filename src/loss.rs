@@ -3,7 +3,7 @@
 use std::borrow::Borrow;
 
 use anyhow::{bail, Result};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::call::{Call, Parts};
 use crate::config::{Backend, Head, Reduction, SeesawConfig};
@@ -12,7 +12,7 @@ use crate::{fused, inputs, reference};
 
 /// The Seesaw loss with its cumulative class counts.
 ///
-/// One [`forward`](SeesawLoss::forward) call, in order (DESIGN.md section 2):
+/// One [`forward`](SeesawLoss::forward) call, in order:
 /// checks every input (an error changes nothing), adds the batch's labels to
 /// the counts, then computes the class loss over positive rows and, for the
 /// detection head, the objectness loss over all rows.
@@ -63,6 +63,27 @@ impl SeesawOutput {
             None => classes,
         }
     }
+}
+
+/// The implementation that computes a call (see [`SeesawLoss::path_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ComputePath {
+    /// The fused CUDA kernels (`kernels/seesaw.cu`).
+    CudaKernel,
+    /// The fused path's multi-threaded CPU mirror of the kernels.
+    CpuMirror,
+    /// The pure-libtorch path.
+    Reference,
+}
+
+/// Which implementation computes a call, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathChoice {
+    /// The implementation.
+    pub path: ComputePath,
+    /// Why: the configured backend, the scores' kind and device, and what
+    /// failed when the kernels are unavailable.
+    pub reason: String,
 }
 
 /// Accuracies in percent, as mmdetection's `get_accuracy` reports them.
@@ -301,22 +322,17 @@ impl SeesawLoss {
         // From here on the inputs are known good: the counts take the batch.
         self.counts.normalize();
         self.counts.add(&labels, 1, on_kernel)?;
-        let call = Call {
-            head: config.head(),
-            num_classes: config.num_classes(),
-            scores: cls_score.shallow_clone(),
-            log_counts: self.counts.log_counts(config.num_classes(), compute_kind),
+        let log_counts = self.counts.log_counts(config.num_classes(), compute_kind);
+        let call = Call::new(
+            config,
+            cls_score,
             labels,
             weights,
-            compute_kind,
-            p: config.p,
-            q: config.q,
-            eps: config.eps,
-            loss_weight: config.loss_weight,
+            log_counts,
             reduction,
             avg_factor,
             positive_rows,
-        };
+        );
         compute(&call, use_fused).map_err(|e| match self.counts.add(&call.labels, -1, on_kernel) {
             Ok(()) => e,
             Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
@@ -325,14 +341,61 @@ impl SeesawLoss {
 
     /// Whether this call takes the fused path.
     fn choose_backend(&self, cls_score: &Tensor) -> Result<bool> {
-        match self.config.backend {
-            Backend::Reference => Ok(false),
-            Backend::Auto => Ok(fused::unsupported(cls_score).is_none()),
-            Backend::Fused => match fused::unsupported(cls_score) {
-                None => Ok(true),
-                Some(why) => bail!("Backend::Fused requested but {why}"),
+        let choice = self.path_for(cls_score.device(), cls_score.kind())?;
+        Ok(choice.path != ComputePath::Reference)
+    }
+
+    /// Which implementation computes a call with scores of `kind` on
+    /// `device`, and why: the configured [`Backend`] and what this machine
+    /// has. On a CUDA device the first ask compiles the kernels (or reads
+    /// them from the on-disk cache); a failure is remembered for the
+    /// process, logged once as a warning, and under [`Backend::Auto`] sends
+    /// calls to the reference path. With [`Backend::Fused`] it is the error.
+    ///
+    /// ```
+    /// use seesaw_loss::{ComputePath, SeesawConfig, SeesawLoss};
+    /// use tch::{Device, Kind};
+    /// let vs = tch::nn::VarStore::new(Device::Cpu);
+    /// let loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(80))?;
+    /// assert_eq!(loss.path_for(Device::Cpu, Kind::Float)?.path, ComputePath::CpuMirror);
+    /// let f64_path = loss.path_for(Device::Cpu, Kind::Double)?;
+    /// assert_eq!(f64_path.path, ComputePath::Reference);
+    /// println!("{}", f64_path.reason);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn path_for(&self, device: Device, kind: Kind) -> Result<PathChoice> {
+        let fused = || {
+            if fused::on_kernel(device) {
+                ComputePath::CudaKernel
+            } else {
+                ComputePath::CpuMirror
+            }
+        };
+        Ok(match (self.config.backend, fused::unsupported(device, kind)) {
+            (Backend::Reference, _) => PathChoice {
+                path: ComputePath::Reference,
+                reason: "Backend::Reference was configured".into(),
             },
-        }
+            (Backend::Fused, Some(why)) => bail!("Backend::Fused requested but {why}"),
+            (Backend::Auto, Some(why)) => PathChoice {
+                path: ComputePath::Reference,
+                reason: format!("Backend::Auto falls back because {why}"),
+            },
+            (_, None) => {
+                let path = fused();
+                let reason = match path {
+                    ComputePath::CudaKernel if device == Device::Cpu => {
+                        "the kernels are emulated on the host (testing)"
+                    }
+                    ComputePath::CudaKernel => "CUDA scores of a kind the kernels take, and the kernels are loaded",
+                    _ => "CPU scores of a kind the CPU mirror takes",
+                };
+                PathChoice {
+                    path,
+                    reason: reason.into(),
+                }
+            }
+        })
     }
 
     /// The cumulative counts (a copy): `C + 1` entries for detection
@@ -418,6 +481,7 @@ impl SeesawLoss {
                 objectness: None,
             },
             Head::Detection => {
+                crate::probe::host_read();
                 let positive = labels.lt(c).nonzero().squeeze_dim(1);
                 let classes = top1_percent(
                     &cls_score.narrow(1, 0, c).index_select(0, &positive),
@@ -465,6 +529,7 @@ fn top1_percent(scores: &Tensor, labels: &Tensor) -> f64 {
     if rows == 0 {
         return 0.0;
     }
+    crate::probe::host_read();
     let correct = scores
         .argmax(1, false)
         .eq_tensor(labels)

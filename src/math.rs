@@ -1,6 +1,9 @@
-//! The row algorithm of the fused paths, written once. The CUDA kernel
-//! (`kernels/seesaw.cu`) follows this module line for line; the CPU mirror
-//! runs it as is.
+//! The row algorithm of the fused paths, written once for the CPU mirror,
+//! which runs it as is. The CUDA kernel (`kernels/seesaw.cu`) computes the
+//! same quantities with the same shifts and underflow bound; it differs in
+//! how a row is traversed (32 lanes, an online maximum for `lse`, two
+//! exponentials per logit in its loss pass where the mirror may use one),
+//! so the two agree to f32 rounding, not bit for bit.
 //!
 //! # Derivation
 //!
@@ -75,24 +78,7 @@
 //! `p * (max log n - min log n) <= 60` (so `M_j >= e^-60`); the defaults
 //! qualify. Other calls use [`class_forward`].
 
-/// Constants of one call, shared by every row.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RowParams {
-    pub p: f32,
-    pub q: f32,
-    pub log_eps: f32,
-}
-
-impl RowParams {
-    /// A call's constants in the f32 the row passes compute in.
-    pub(crate) fn of(call: &crate::call::Call) -> RowParams {
-        RowParams {
-            p: call.p as f32,
-            q: call.q as f32,
-            log_eps: (call.eps as f32).ln(),
-        }
-    }
-}
+use crate::params::{SeesawParams, UNDERFLOW};
 
 /// What the loss pass of a class row keeps for its gradient pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,10 +100,6 @@ impl RowStats {
 /// Lanes of the chunked loops below: wide enough for two AVX2 registers, so
 /// the compiler turns each chunk into vector code.
 const LANES: usize = 16;
-
-/// Below this, a sum of exponentials is treated as underflowed (see the module
-/// documentation); far above f32's smallest normal, far below any real sum.
-const UNDERFLOW: f32 = 1e-30;
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody-Waite
 /// reduction `x = k ln 2 + r` with `|r| <= ln 2 / 2`, a degree-6 polynomial for
@@ -218,7 +200,7 @@ struct Adjustment {
 
 impl Adjustment {
     #[inline(always)]
-    fn new(params: &RowParams, lse: f32, z_y: f32, log_n_y: f32) -> Self {
+    fn new(params: &SeesawParams, lse: f32, z_y: f32, log_n_y: f32) -> Self {
         let rel_self = z_y - lse;
         let rel_self = if rel_self > params.log_eps {
             rel_self
@@ -255,7 +237,7 @@ fn adjusted_sum(adj: &Adjustment, z: &[f32], label: usize, log_counts: &[f32], s
 /// Loss pass of a class row: returns the unweighted loss and the row's
 /// stats. `label` must be in `[0, z.len())`, `log_counts` as long as `z`.
 #[inline(always)]
-pub(crate) fn class_forward(params: &RowParams, z: &[f32], label: usize, log_counts: &[f32]) -> (f32, RowStats) {
+pub(crate) fn class_forward(params: &SeesawParams, z: &[f32], label: usize, log_counts: &[f32]) -> (f32, RowStats) {
     let m = max(z);
     let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
     let lse = m + sum_exp(z, z, m, |zj, _| zj).ln();
@@ -297,7 +279,7 @@ enum PowerOfQ {
 impl PoweredCounts {
     /// `None` when the call's exponents leave the safe range (module
     /// documentation); the caller then uses [`class_forward`].
-    pub(crate) fn new(params: &RowParams, log_counts: &[f32]) -> Option<PoweredCounts> {
+    pub(crate) fn new(params: &SeesawParams, log_counts: &[f32]) -> Option<PoweredCounts> {
         const LIMIT: f32 = 60.0;
         let q = if params.q == 0.0 {
             PowerOfQ::Zero
@@ -357,7 +339,7 @@ fn powered_sum(e: &[f32], powered: &[f32], inv_p_y: f32, k: f32, q: PowerOfQ) ->
 /// as long as `z`.
 #[inline(always)]
 pub(crate) fn class_forward_powered(
-    params: &RowParams,
+    params: &SeesawParams,
     powered: &PoweredCounts,
     z: &[f32],
     label: usize,
@@ -396,7 +378,7 @@ pub(crate) fn class_forward_powered(
 /// into `grad`, recomputing `z'` from the logits and the loss pass's stats.
 #[inline(always)]
 pub(crate) fn class_grad(
-    params: &RowParams,
+    params: &SeesawParams,
     z: &[f32],
     label: usize,
     log_counts: &[f32],
@@ -452,11 +434,7 @@ mod tests {
         let c = 1203;
         let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
         for (p, q) in [(0.8, 2.0), (0.0, 2.0), (0.8, 0.0), (1.3, 1.0)] {
-            let params = RowParams {
-                p,
-                q,
-                log_eps: (1e-2f32).ln(),
-            };
+            let params = SeesawParams::constants(p, q, (1e-2f32).ln());
             let powered = PoweredCounts::new(&params, &log_counts).expect("safe exponents");
             let mut scratch = vec![0.0; c];
             for row in 0..50 {
@@ -471,17 +449,9 @@ mod tests {
                 assert!((sa.lse - sb.lse).abs() < 1e-5 && (sa.lse_adjusted - sb.lse_adjusted).abs() < 1e-5);
             }
         }
-        let general = RowParams {
-            p: 0.8,
-            q: 1.5,
-            log_eps: (1e-2f32).ln(),
-        };
+        let general = SeesawParams::constants(0.8, 1.5, (1e-2f32).ln());
         assert!(PoweredCounts::new(&general, &log_counts).is_none());
-        let steep = RowParams {
-            p: 9.0,
-            q: 2.0,
-            log_eps: (1e-2f32).ln(),
-        };
+        let steep = SeesawParams::constants(9.0, 2.0, (1e-2f32).ln());
         assert!(PoweredCounts::new(&steep, &log_counts).is_none());
     }
 

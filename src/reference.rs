@@ -13,7 +13,7 @@ use crate::config::{Head, Reduction};
 /// Per-row Seesaw cross-entropy of `logits` `[P, C]` (in the compute kind)
 /// for `labels` `[P]`, with `log_counts` `[C]` = `log(max(n, 1))`.
 /// Gradients flow through `logits` only; both factors are built from detached
-/// values (DESIGN.md section 2, point 8).
+/// values (mmdetection computes them under no_grad).
 pub(crate) fn seesaw_rows(logits: &Tensor, labels: &Tensor, log_counts: &Tensor, p: f64, q: f64, eps: f64) -> Tensor {
     let label_col = labels.unsqueeze(1);
     let mut adjustment = logits.zeros_like().detach();
@@ -71,7 +71,8 @@ pub(crate) fn reduce(
     reduced * loss_weight
 }
 
-/// The divisor of a mean over `rows` rows (DESIGN.md section 2, point 5).
+/// The divisor of a mean over `rows` rows: `avg_factor + f32::EPSILON`
+/// when given (mmdetection's `weight_reduce_loss`), else the row count.
 pub(crate) fn mean_divisor(rows: i64, avg_factor: Option<f64>) -> f64 {
     match avg_factor {
         Some(avg) => avg + f32::EPSILON as f64,
@@ -82,12 +83,12 @@ pub(crate) fn mean_divisor(rows: i64, avg_factor: Option<f64>) -> f64 {
 /// Both parts of the loss for one validated call.
 pub(crate) fn forward(call: &Call) -> Parts {
     let x = call.scores.to_kind(call.compute_kind);
-    let c = call.num_classes;
-    let class_logits = match call.head {
+    let c = call.num_classes();
+    let class_logits = match call.head() {
         Head::Detection => x.narrow(1, 0, c),
         Head::Classification => x.shallow_clone(),
     };
-    let (logits, labels, weights) = match call.head {
+    let (logits, labels, weights) = match call.head() {
         Head::Detection => {
             let positive = call.labels.lt(c).nonzero().squeeze_dim(1);
             (
@@ -102,22 +103,29 @@ pub(crate) fn forward(call: &Call) -> Parts {
             call.weights.as_ref().map(|w| w.shallow_clone()),
         ),
     };
-    let rows = seesaw_rows(&logits, &labels, &call.log_counts, call.p, call.q, call.eps);
+    let rows = seesaw_rows(
+        &logits,
+        &labels,
+        &call.log_counts,
+        call.exact.p,
+        call.exact.q,
+        call.exact.eps,
+    );
     let classes = reduce(
         rows,
         weights.as_ref(),
-        call.reduction,
-        call.avg_factor,
-        call.loss_weight,
+        call.reduction(),
+        call.avg_factor(),
+        call.exact.loss_weight,
     );
-    let objectness = (call.head == Head::Detection).then(|| {
+    let objectness = (call.head() == Head::Detection).then(|| {
         let rows = objectness_rows(&x.narrow(1, c, 2), &call.labels.eq(c));
         reduce(
             rows,
             call.weights.as_ref(),
-            call.reduction,
-            call.avg_factor,
-            call.loss_weight,
+            call.reduction(),
+            call.avg_factor(),
+            call.exact.loss_weight,
         )
     });
     Parts { classes, objectness }

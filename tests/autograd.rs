@@ -3,10 +3,12 @@
 //! backward, worker threads, and `forward_backward` (CPU; the CUDA node is
 //! covered in tests/gpu.rs).
 
+#![cfg(feature = "testing")]
+
 mod common;
 
 use common::*;
-use seesaw_loss::autograd_testing::{inject, Fault};
+use seesaw_loss::testing::{inject, Fault};
 use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 

@@ -169,6 +169,10 @@ fn invalid_config() {
     let cases = [
         (SeesawConfig::detection(0), "num_classes must be at least 1, got 0"),
         (SeesawConfig::classification(-3), "num_classes must be at least 1"),
+        (
+            SeesawConfig::classification(1 << 31),
+            "num_classes must be at most 2147483645",
+        ),
         (det().p(-0.1), "p must be a finite number >= 0"),
         (det().q(-1.0), "q must be a finite number >= 0"),
         (det().eps(0.0), "eps must be a finite number > 0"),

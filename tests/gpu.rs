@@ -2,7 +2,9 @@
 //! mirror (the device-independent checks live in `common/kernel.rs`, which
 //! `tests/kernel_emulation.rs` also runs without a GPU). Runs whenever libtorch sees CUDA; `SEESAW_REQUIRE_CUDA=1` turns a
 //! missing GPU into a failure so that a GPU run cannot pass by skipping.
-//! Outputs are poisoned with NaN before each launch (`SEESAW_POISON_OUTPUTS`).
+//! Outputs are poisoned with NaN before each launch (`testing::poison_outputs`).
+
+#![cfg(feature = "testing")]
 
 mod common;
 
@@ -11,7 +13,7 @@ use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 fn cuda() -> Option<Device> {
-    std::env::set_var("SEESAW_POISON_OUTPUTS", "1");
+    seesaw_loss::testing::poison_outputs(true);
     if tch::Cuda::is_available() {
         return Some(Device::Cuda(0));
     }

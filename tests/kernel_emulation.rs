@@ -1,11 +1,11 @@
 //! The CUDA path without a GPU: the kernel source (`kernels/seesaw.cu`) and
 //! the host code that launches it (`src/fused/cuda.rs`), run on CPU tensors
-//! by the host emulator (`kernels/emulator.cpp`, feature `kernel-emulation`,
+//! by the host emulator (`kernels/emulator.cpp`, feature `testing`,
 //! which `scripts/test.sh` turns on), through the same checks as the GPU
 //! (`common/kernel.rs`). The emulator fails a launch whose arguments do not
 //! match the kernel's parameters or whose warps diverge at an intrinsic, and
 //! stops the process on an access past the end of a buffer.
-#![cfg(feature = "kernel-emulation")]
+#![cfg(feature = "testing")]
 
 mod common;
 
@@ -15,8 +15,8 @@ use tch::Device;
 /// Every fused call on CPU tensors in this process runs the emulated kernels,
 /// with outputs poisoned so that an element a kernel skips fails the checks.
 fn emulated() -> Device {
-    std::env::set_var("SEESAW_POISON_OUTPUTS", "1");
-    seesaw_loss::kernel_emulation::enable();
+    seesaw_loss::testing::poison_outputs(true);
+    seesaw_loss::testing::emulate_kernels();
     Device::Cpu
 }
 

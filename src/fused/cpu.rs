@@ -11,16 +11,15 @@ use tch::{Device, Kind, Tensor};
 use super::{LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Head;
-use crate::math::{
-    class_forward, class_forward_powered, class_grad, objectness_row, PoweredCounts, RowParams, RowStats,
-};
+use crate::math::{class_forward, class_forward_powered, class_grad, objectness_row, PoweredCounts, RowStats};
+use crate::params::SeesawParams;
 
 /// The fewest logits a thread gets: below this, handing out work costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
 struct Host<'a> {
-    params: RowParams,
+    params: SeesawParams,
     logits: &'a [f32],
     labels: &'a [i64],
     weights: Option<&'a [f32]>,
@@ -57,15 +56,15 @@ impl Inputs {
         // SAFETY (all four slices): contiguous CPU tensors of these kinds and
         // lengths, alive as long as `self`.
         Host {
-            params: RowParams::of(call),
+            params: call.params,
             logits: unsafe { slice(&self.logits, n * width) },
             labels: unsafe { slice(&self.labels, n) },
             weights: self.weights.as_ref().map(|w| unsafe { slice(w, n) }),
-            log_counts: unsafe { slice(&self.log_counts, call.num_classes as usize) },
+            log_counts: unsafe { slice(&self.log_counts, call.num_classes() as usize) },
             width,
-            classes: call.num_classes as usize,
-            detection: call.head == Head::Detection,
-            loss_weight: call.loss_weight as f32,
+            classes: call.num_classes() as usize,
+            detection: call.head() == Head::Detection,
+            loss_weight: call.params.loss_weight,
         }
     }
 }

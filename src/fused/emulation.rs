@@ -1,37 +1,17 @@
-//! Test aid (cargo feature `kernel-emulation`): the CUDA path on machines
-//! without a GPU. Once [`enable`]d, fused calls on CPU tensors take the CUDA
-//! path's host code (`cuda.rs`: argument lists, launch shapes, the count
+//! The host emulator's side of a launch (feature `testing`): after
+//! [`crate::testing::emulate_kernels`], fused calls on CPU tensors take the
+//! CUDA path's host code (`cuda.rs`: argument lists, launch shapes, the count
 //! kernel, poisoning) and run the kernels of `kernels/seesaw.cu` in the host
 //! emulator of `kernels/emulator.cpp`, instead of the CPU mirror. The
 //! emulator also checks what a GPU would not report: argument lists that do
 //! not match a kernel's parameters, warp intrinsics some lanes miss, and
 //! accesses past the end of a buffer.
-//!
-//! It is slow (every warp intrinsic switches 32 fibers): for tests with a
-//! few thousand rows, not for training.
 
 use std::ffi::{c_char, c_int, CString};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
 
 use super::cuda::Arg;
-
-static ENABLED: AtomicBool = AtomicBool::new(false);
-
-/// Routes every later fused call on CPU tensors, in this process, through
-/// the emulated kernels.
-///
-/// ```
-/// seesaw_loss::kernel_emulation::enable();
-/// ```
-pub fn enable() {
-    ENABLED.store(true, Ordering::SeqCst);
-}
-
-pub(crate) fn enabled() -> bool {
-    ENABLED.load(Ordering::SeqCst)
-}
 
 /// One argument as `kernels/emulator.cpp` takes it (`SeesawEmuArg`).
 #[repr(C)]
@@ -39,6 +19,9 @@ struct EmuArg {
     value: u64,
     size: u64,
     buffer_bytes: u64,
+    /// The value's bytes when it is wider than `value` (the parameter
+    /// block), else null.
+    bytes: *const u8,
 }
 
 extern "C" {
@@ -55,16 +38,16 @@ extern "C" {
 
 impl From<&Arg> for EmuArg {
     fn from(arg: &Arg) -> EmuArg {
-        let (value, size, buffer_bytes) = match *arg {
-            Arg::Buffer { addr, bytes } => (addr, 8, bytes),
-            Arg::I64(v) => (v as u64, 8, 0),
-            Arg::I32(v) => (v as u32 as u64, 4, 0),
-            Arg::F32(v) => (v.to_bits() as u64, 4, 0),
+        let (value, size, buffer_bytes, bytes) = match arg {
+            Arg::Buffer { addr, bytes } => (*addr, 8, *bytes, std::ptr::null()),
+            Arg::I64(v) => (*v as u64, 8, 0, std::ptr::null()),
+            Arg::Params(p) => (0, std::mem::size_of_val(p) as u64, 0, p as *const _ as *const u8),
         };
         EmuArg {
             value,
             size,
             buffer_bytes,
+            bytes,
         }
     }
 }
@@ -74,7 +57,8 @@ pub(crate) fn launch(kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Resul
     let name = CString::new(kernel)?;
     let args: Vec<EmuArg> = args.iter().map(EmuArg::from).collect();
     let mut error = vec![0u8; 1024];
-    // SAFETY: the emulator reads `args.len()` arguments, copies each buffer
+    // SAFETY: the emulator reads `args.len()` arguments (a wide one from
+    // its `bytes`, which point into `args`, alive for the call), copies each buffer
     // argument's `buffer_bytes` from its address (live CPU tensors, per
     // `Executor::launch`'s contract) and writes at most `error.len()` bytes,
     // NUL-terminated, into `error`.
@@ -131,9 +115,9 @@ mod tests {
             "{err}"
         );
         let mut args = count_args(&labels, &counts);
-        args[1] = Arg::I32(1);
+        args[1] = Arg::Params(crate::params::SeesawParams::constants(0.8, 2.0, -4.6));
         let err = launch("seesaw_count", 1, 32, &args).unwrap_err().to_string();
-        assert!(err.contains("argument 1 is 4 bytes, the parameter 8"), "{err}");
+        assert!(err.contains("argument 1 is 64 bytes, the parameter 8"), "{err}");
         let err = launch("seesaw_nothing", 1, 32, &args).unwrap_err().to_string();
         assert!(err.contains("no kernel named seesaw_nothing"), "{err}");
         let err = launch("seesaw_count", 1, 48, &count_args(&labels, &counts))

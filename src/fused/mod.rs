@@ -11,10 +11,12 @@
 //! Weights, `loss_weight` and the reduction are O(N) work done here with
 //! libtorch operations, so both backends only deal with rows.
 
+mod compile;
 pub(crate) mod cpu;
 pub mod cuda;
-#[cfg(feature = "kernel-emulation")]
-pub mod emulation;
+mod device;
+#[cfg(feature = "testing")]
+mod emulation;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -76,19 +78,9 @@ impl Upstream {
 pub(crate) fn on_kernel(device: Device) -> bool {
     match device {
         Device::Cuda(_) => true,
-        Device::Cpu => emulating(),
+        Device::Cpu => crate::probe::emulating(),
         _ => false,
     }
-}
-
-#[cfg(feature = "kernel-emulation")]
-fn emulating() -> bool {
-    emulation::enabled()
-}
-
-#[cfg(not(feature = "kernel-emulation"))]
-fn emulating() -> bool {
-    false
 }
 
 /// What runs the rows of a call: the CUDA kernel or the CPU mirror.
@@ -107,17 +99,20 @@ fn rows_on(device: Device) -> Result<RowsOn> {
     }
 }
 
-/// Why the fused path cannot take a call, or `None` when it can.
-pub(crate) fn unsupported(scores: &Tensor) -> Option<String> {
-    let kind = scores.kind();
+/// Why the fused path cannot take scores of `kind` on `device`, or `None`
+/// when it can. On a CUDA device the first ask compiles and loads the
+/// kernels (once per process and device).
+pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<String> {
     if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16) {
         return Some(format!(
             "the fused path computes f32, f16 and bf16 scores, got {kind:?}; use Backend::Reference (or Auto) for f64"
         ));
     }
-    match scores.device() {
+    match device {
         Device::Cpu => None,
-        Device::Cuda(_) => cuda::unavailable_reason(),
+        Device::Cuda(ordinal) => {
+            cuda::unavailable_reason(ordinal).map(|why| format!("the CUDA kernels are unavailable: {why}"))
+        }
         other => Some(format!("no fused path for scores on {other:?}")),
     }
 }
@@ -175,7 +170,7 @@ pub(crate) fn node_backward(
 pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
     let divisors = mean_divisors(call);
     // The gradient of the total: one over each part's mean divisor, else 1.
-    let detection = call.head == Head::Detection;
+    let detection = call.head() == Head::Detection;
     let upstream = match &divisors {
         Some((c, o)) => Upstream {
             classes: Some(c.reciprocal(call)),
@@ -216,10 +211,10 @@ fn reduce(call: &Call, rows: LossRows, mean: Option<&(Divisor, Divisor)>) -> (Te
             None => loss,
         }
     };
-    let finish = |rows: Tensor, divisor: Option<&Divisor>| match (call.reduction, divisor) {
-        (Reduction::None, _) => times(rows, call.loss_weight),
-        (_, None) => times(rows.sum(kind), call.loss_weight),
-        (_, Some(d)) => d.divide(rows.sum(kind), call.loss_weight),
+    let finish = |rows: Tensor, divisor: Option<&Divisor>| match (call.reduction(), divisor) {
+        (Reduction::None, _) => times(rows, call.exact.loss_weight),
+        (_, None) => times(rows.sum(kind), call.exact.loss_weight),
+        (_, Some(d)) => d.divide(rows.sum(kind), call.exact.loss_weight),
     };
     let classes = finish(weigh(rows.class_loss), mean.map(|m| &m.0));
     let objectness = rows.objectness_loss.map(|l| finish(weigh(l), mean.map(|m| &m.1)));
@@ -284,21 +279,21 @@ impl Divisor {
 /// (positive rows of a detection head's class part). `None` for the other
 /// reductions, which divide nothing.
 fn mean_divisors(call: &Call) -> Option<(Divisor, Divisor)> {
-    if call.reduction != Reduction::Mean {
+    if call.reduction() != Reduction::Mean {
         return None;
     }
-    if let Some(avg) = call.avg_factor {
+    if let Some(avg) = call.avg_factor() {
         let d = avg + f32::EPSILON as f64;
         return Some((Divisor::Known(d), Divisor::Known(d)));
     }
     let all = call.labels.size()[0].max(1) as f64;
-    let classes = match call.head {
+    let classes = match call.head() {
         Head::Classification => Divisor::Known(all),
-        Head::Detection => match call.positive_rows {
+        Head::Detection => match call.positive_rows() {
             Some(n) => Divisor::Known(n.max(1) as f64),
             None => {
                 let _guard = tch::no_grad_guard();
-                Divisor::Counted(call.labels.lt(call.num_classes).sum(Kind::Float).clamp_min(1.0))
+                Divisor::Counted(call.labels.lt(call.num_classes()).sum(Kind::Float).clamp_min(1.0))
             }
         },
     };
@@ -309,8 +304,9 @@ fn mean_divisors(call: &Call) -> Option<(Divisor, Divisor)> {
 /// positive row. The one host read the semantics force: the output's length
 /// is the number of positive rows.
 fn select_positive(call: &Call, classes: Tensor) -> Tensor {
-    if call.head == Head::Detection && call.reduction == Reduction::None {
-        let positive = call.labels.lt(call.num_classes).nonzero().squeeze_dim(1);
+    if call.head() == Head::Detection && call.reduction() == Reduction::None {
+        crate::probe::host_read();
+        let positive = call.labels.lt(call.num_classes()).nonzero().squeeze_dim(1);
         classes.index_select(0, &positive)
     } else {
         classes

@@ -124,7 +124,7 @@ pub fn a_failed_call_without_host_checks_takes_its_batch_back_out(dev: Device) {
     let before = to_i64(&loss.cum_samples());
     assert_eq!(before, [1, 0, 1, 1]);
     // Forward callbacks run on the calling thread, where the fault is armed.
-    seesaw_loss::autograd_testing::inject(seesaw_loss::autograd_testing::Fault::ForwardError);
+    seesaw_loss::testing::inject(seesaw_loss::testing::Fault::ForwardError);
     assert!(loss.forward(&scores, &labels, None, None).is_err());
     assert_eq!(to_i64(&loss.cum_samples()), before);
 }
