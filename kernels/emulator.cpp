@@ -2,17 +2,21 @@
 // machine without a GPU exercise the kernel source itself and the host code
 // that launches it (cargo feature `testing`, src/fused/emulation.rs).
 //
-// A warp is 32 fibers (ucontext) on one OS thread, resumed in lane order. A
-// warp intrinsic (__shfl_xor_sync, __match_any_sync) is a point where every
-// lane yields: once all 32 have arrived, each reads what the others left, as
-// the lanes of a warp meet on the device. Blocks run on several OS threads,
-// so the count kernel's atomics race as they do on a GPU.
+// A block is one fiber (ucontext) per thread on one OS thread. A warp
+// intrinsic (__shfl_xor_sync, __match_any_sync) is a point where every lane
+// of the warp yields: once all 32 have arrived, each reads what the others
+// left, as the lanes of a warp meet on the device; __syncthreads is the same
+// for every thread of the block. __shared__ variables are per OS thread, so
+// per block. Blocks run on several OS threads, so atomics race as they do on
+// a GPU.
 //
 // Checks the device would not report (each fails the launch with a message):
 //   - the launch's arguments match the kernel's parameters in number and size
 //     (on a GPU a mismatch is silently misread arguments);
 //   - every lane of a warp reaches the same intrinsic with the full mask, or
 //     none does (diverged warp intrinsics are undefined on the device);
+//   - every thread of a block reaches each __syncthreads (one that some
+//     threads skip or leave the kernel before is undefined on the device);
 //   - no access runs past the end of a buffer: each buffer argument is copied
 //     to the end of a mapping followed by an inaccessible page, and a fault
 //     there stops the process with the kernel's and argument's names.
@@ -44,11 +48,13 @@ struct dim3 {
 };
 
 constexpr int WARP = 32;
+constexpr int MAX_BLOCK = 1024;
 constexpr size_t STACK_BYTES = 128 * 1024;
 
-enum class Op : int { None, Shuffle, Match };
+// What a lane waits at: a warp intrinsic (with its lane mask and xor offset)
+// or the block barrier.
+enum class Op : int { None, Shuffle, Match, Barrier };
 
-// Where a lane stopped: the intrinsic and its lane mask / xor offset.
 struct Meeting {
     Op op;
     unsigned mask;
@@ -61,89 +67,133 @@ struct Body {
     void* const* values;
 };
 
-// One warp's fibers and its exchange slots (two rows: a lane that resumes
-// from meeting r and reaches meeting r+1 writes the other row, so its
-// neighbours can still read row r).
-struct Warp {
-    ucontext_t scheduler;
-    ucontext_t lanes[WARP];
-    // Left uninitialized: zeroing 4 MiB per worker and launch is most of a
-    // small launch's time.
-    std::unique_ptr<char[]> stacks{new char[WARP * STACK_BYTES]};
-    bool exited[WARP];
-    Meeting at[WARP];
+// Exchange slots of one warp (two rows: a lane that resumes from meeting r
+// and reaches meeting r+1 writes the other row, so its neighbours can still
+// read row r).
+struct WarpSlots {
     uint64_t slots[2][WARP];
     unsigned round = 0;
+};
+
+// One block's fibers: every thread of the block is a lane on this OS thread.
+struct Block {
+    ucontext_t scheduler;
+    ucontext_t lanes[MAX_BLOCK];
+    // Left uninitialized: zeroing them per worker and launch is most of a
+    // small launch's time.
+    std::unique_ptr<char[]> stacks{new char[MAX_BLOCK * STACK_BYTES]};
+    bool exited[MAX_BLOCK];
+    Meeting at[MAX_BLOCK];
+    WarpSlots warps[MAX_BLOCK / WARP];
+    unsigned barriers = 0;
+    unsigned threads = 0;
     dim3 block_idx, block_dim, grid_dim;
-    dim3 thread_idx[WARP];
+    dim3 thread_idx[MAX_BLOCK];
     Body body;
 };
 
-thread_local Warp* current = nullptr;
+thread_local Block* current = nullptr;
 thread_local int current_lane = 0;
 
 void lane_main() {
-    Warp* w = current;
-    w->body.invoke(w->body.fn, w->body.values);
-    w->exited[current_lane] = true;
+    Block* b = current;
+    b->body.invoke(b->body.fn, b->body.values);
+    b->exited[current_lane] = true;
     // uc_link returns to the scheduler.
 }
 
-// Every lane writes `value`, yields, and once all have met reads the row.
+// Every lane of the warp writes `value`, yields, and once all have met
+// reads the warp's row.
 const uint64_t* meet(Op op, unsigned mask, int arg, uint64_t value) {
-    Warp& w = *current;
+    Block& b = *current;
     const int lane = current_lane;
+    WarpSlots& w = b.warps[lane / WARP];
     const unsigned r = w.round;
-    w.slots[r & 1][lane] = value;
-    w.at[lane] = {op, mask, arg};
-    swapcontext(&w.lanes[lane], &w.scheduler);
+    w.slots[r & 1][lane % WARP] = value;
+    b.at[lane] = {op, mask, arg};
+    swapcontext(&b.lanes[lane], &b.scheduler);
     return w.slots[r & 1];
 }
 
-void resume(Warp& w, int lane) {
-    current_lane = lane;
-    swapcontext(&w.scheduler, &w.lanes[lane]);
+// The block barrier: the lane yields until every thread of the block is there.
+void barrier() {
+    Block& b = *current;
+    const int lane = current_lane;
+    b.at[lane] = {Op::Barrier, 0, 0};
+    swapcontext(&b.lanes[lane], &b.scheduler);
 }
 
-// Runs one warp to the end; returns an error message or "".
-std::string run_warp(Warp& w, unsigned block, unsigned first_thread) {
-    current = &w;
-    w.round = 0;
-    w.block_idx.x = block;
-    for (int lane = 0; lane < WARP; ++lane) {
-        w.exited[lane] = false;
-        w.at[lane] = {Op::None, 0, 0};
-        w.thread_idx[lane].x = first_thread + lane;
-        getcontext(&w.lanes[lane]);
-        w.lanes[lane].uc_stack.ss_sp = w.stacks.get() + lane * STACK_BYTES;
-        w.lanes[lane].uc_stack.ss_size = STACK_BYTES;
-        w.lanes[lane].uc_link = &w.scheduler;
-        makecontext(&w.lanes[lane], lane_main, 0);
+void resume(Block& b, int lane) {
+    current_lane = lane;
+    b.at[lane] = {Op::None, 0, 0};
+    swapcontext(&b.scheduler, &b.lanes[lane]);
+}
+
+// Runs one block to the end, its warps resumed in `warp_order`; returns an
+// error message or "".
+std::string run_block(Block& b, unsigned block, const std::vector<unsigned>& warp_order) {
+    current = &b;
+    b.block_idx.x = block;
+    b.barriers = 0;
+    const unsigned n_warps = b.threads / WARP;
+    for (unsigned lane = 0; lane < b.threads; ++lane) {
+        b.exited[lane] = false;
+        b.at[lane] = {Op::None, 0, 0};
+        b.thread_idx[lane].x = lane;
+        getcontext(&b.lanes[lane]);
+        b.lanes[lane].uc_stack.ss_sp = b.stacks.get() + lane * STACK_BYTES;
+        b.lanes[lane].uc_stack.ss_size = STACK_BYTES;
+        b.lanes[lane].uc_link = &b.scheduler;
+        makecontext(&b.lanes[lane], lane_main, 0);
     }
-    for (int lane = 0; lane < WARP; ++lane) resume(w, lane);
+    for (unsigned w = 0; w < n_warps; ++w) b.warps[w].round = 0;
+    for (unsigned w : warp_order)
+        for (int l = 0; l < WARP; ++l) resume(b, (int)(w * WARP + l));
     for (;;) {
-        int alive = 0;
-        for (int lane = 0; lane < WARP; ++lane) alive += !w.exited[lane];
-        if (alive == 0) return "";
         // Formatted only for an error: this loop runs at every meeting.
-        auto where = [&]() {
-            return " (block " + std::to_string(block) + ", warp " + std::to_string(first_thread / WARP) +
-                   ", meeting " + std::to_string(w.round) + ")";
+        auto where = [&](unsigned w) {
+            return " (block " + std::to_string(block) + ", warp " + std::to_string(w) + ")";
         };
-        if (alive != WARP) {
-            int waiting = 0;
-            while (w.exited[waiting]) ++waiting;
-            return "lane " + std::to_string(waiting) +
-                   " waits at a warp intrinsic that other lanes left the kernel without reaching" + where();
+        unsigned alive = 0, at_barrier = 0;
+        for (unsigned lane = 0; lane < b.threads; ++lane) {
+            alive += !b.exited[lane];
+            at_barrier += !b.exited[lane] && b.at[lane].op == Op::Barrier;
         }
-        const Meeting m = w.at[0];
-        if (m.mask != 0xffffffffu)
-            return "a warp intrinsic with a partial mask, which the emulator does not model" + where();
-        for (int lane = 1; lane < WARP; ++lane)
-            if (w.at[lane].op != m.op || w.at[lane].mask != m.mask || w.at[lane].arg != m.arg)
-                return "lanes 0 and " + std::to_string(lane) + " are at different warp intrinsics" + where();
-        ++w.round;
-        for (int lane = 0; lane < WARP; ++lane) resume(w, lane);
+        if (alive == 0) return "";
+        bool progress = false;
+        for (unsigned w : warp_order) {
+            const int first = (int)(w * WARP);
+            bool waits = false;
+            for (int l = 0; l < WARP; ++l) {
+                const Op op = b.at[first + l].op;
+                waits |= !b.exited[first + l] && (op == Op::Shuffle || op == Op::Match);
+            }
+            if (!waits) continue;
+            for (int l = 0; l < WARP; ++l)
+                if (b.exited[first + l])
+                    return "lane " + std::to_string(l) +
+                           " left the kernel while others wait at a warp intrinsic" + where(w);
+            const Meeting m = b.at[first];
+            if (m.mask != 0xffffffffu)
+                return "a warp intrinsic with a partial mask, which the emulator does not model" + where(w);
+            for (int l = 1; l < WARP; ++l) {
+                const Meeting o = b.at[first + l];
+                if (o.op != m.op || o.mask != m.mask || o.arg != m.arg)
+                    return "lanes 0 and " + std::to_string(l) + " are at different warp intrinsics" + where(w);
+            }
+            ++b.warps[w].round;
+            for (int l = 0; l < WARP; ++l) resume(b, first + l);
+            progress = true;
+        }
+        if (progress) continue;
+        // Every live lane waits at the block barrier.
+        if (at_barrier != alive || alive != b.threads)
+            return "__syncthreads is not reached by every thread of block " + std::to_string(block) + " (" +
+                   std::to_string(at_barrier) + " of " + std::to_string(b.threads) + " wait there, " +
+                   std::to_string(b.threads - alive) + " left the kernel)";
+        ++b.barriers;
+        for (unsigned w : warp_order)
+            for (int l = 0; l < WARP; ++l) resume(b, (int)(w * WARP + l));
     }
 }
 
@@ -273,6 +323,7 @@ Kernel kernel(const char* name, void (*f)(A...)) {
 #define __global__
 #define __forceinline__ inline
 #define __launch_bounds__(n)
+#define __shared__ static thread_local
 #define threadIdx (emu::current->thread_idx[emu::current_lane])
 #define blockIdx (emu::current->block_idx)
 #define blockDim (emu::current->block_dim)
@@ -305,12 +356,21 @@ inline unsigned __float_as_uint(float f) {
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
+inline long long atomicMin(long long* p, long long v) {
+    long long old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (v < old && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+    return old;
+}
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __syncthreads() { emu::barrier(); }
 
 inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     const uint64_t* row = emu::meet(emu::Op::Shuffle, mask, lane_mask, __float_as_uint(v));
-    return __int_as_float((int)(uint32_t)row[(emu::current_lane ^ lane_mask) & 31]);
+    return __int_as_float((int)(uint32_t)row[((emu::current_lane % emu::WARP) ^ lane_mask) & 31]);
 }
 
 inline unsigned __match_any_sync(unsigned mask, long long v) {
@@ -323,6 +383,7 @@ inline unsigned __match_any_sync(unsigned mask, long long v) {
 
 #include "seesaw.cu"
 
+#undef __shared__
 #undef threadIdx
 #undef blockIdx
 #undef blockDim
@@ -339,6 +400,7 @@ namespace emu {
 
 const std::vector<Kernel>& kernels() {
     static const std::vector<Kernel> table = {ROW_KERNELS(f32), ROW_KERNELS(f16), ROW_KERNELS(bf16),
+                                              kernel("seesaw_prepare", seesaw_prepare),
                                               kernel("seesaw_count", seesaw_count)};
     return table;
 }
@@ -413,32 +475,36 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     std::atomic<bool> failed{false};
     std::string first_error;
     std::atomic_flag error_taken = ATOMIC_FLAG_INIT;
-    // Warps run one after another, so a warp that writes into another's
-    // rows goes unnoticed when that one runs later: each launch runs its
-    // warps in a different shuffled order (seeded by the launch's number, so
-    // a failure repeats in the same process), which puts a stray write after
-    // its victim about half the time.
+    // Blocks run one after another on each worker, and a block's warps in
+    // turn between its meetings, so a warp that writes into another's rows
+    // goes unnoticed when that one runs later: each launch runs its blocks,
+    // and each block its warps, in a different shuffled order (seeded by the
+    // launch's number, so a failure repeats in the same process), which puts
+    // a stray write after its victim about half the time.
     static std::atomic<uint64_t> launches{0};
-    const unsigned warps = block / WARP;
-    std::vector<uint64_t> order((size_t)grid * warps);
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     uint64_t seed = 0x9e3779b97f4a7c15ull * (launches.fetch_add(1) + 1);
-    for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates, splitmix64
-        uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        std::swap(order[i - 1], order[(z ^ (z >> 31)) % i]);
-    }
+    auto shuffled = [&seed](size_t n) {
+        std::vector<unsigned> order(n);
+        for (size_t i = 0; i < n; ++i) order[i] = (unsigned)i;
+        for (size_t i = n; i > 1; --i) {  // Fisher-Yates, splitmix64
+            uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            std::swap(order[i - 1], order[(z ^ (z >> 31)) % i]);
+        }
+        return order;
+    };
+    const std::vector<unsigned> block_order = shuffled(grid);
+    const std::vector<unsigned> warp_order = shuffled(block / WARP);
     std::atomic<size_t> next{0};
     auto worker = [&]() {
-        Warp w;
-        w.grid_dim.x = grid;
-        w.block_dim.x = block;
-        w.body = {k->invoke, k->fn, pointers.data()};
-        for (size_t i; !failed.load() && (i = next.fetch_add(1)) < order.size();) {
-            const unsigned b = (unsigned)(order[i] / warps);
-            const unsigned t = (unsigned)(order[i] % warps) * WARP;
-            const std::string e = run_warp(w, b, t);
+        std::unique_ptr<Block> b(new Block);
+        b->grid_dim.x = grid;
+        b->block_dim.x = block;
+        b->threads = block;
+        b->body = {k->invoke, k->fn, pointers.data()};
+        for (size_t i; !failed.load() && (i = next.fetch_add(1)) < block_order.size();) {
+            const std::string e = run_block(*b, block_order[i], warp_order);
             if (!e.empty()) {
                 if (!error_taken.test_and_set()) first_error = std::string(name) + ": " + e;
                 failed.store(true);

@@ -21,6 +21,29 @@
 #define SEESAW_WARPS_PER_BLOCK 8
 // Threads per block of the count kernel.
 #define SEESAW_COUNT_BLOCK 256
+// Threads of the prepare kernel's one block.
+#define SEESAW_PREPARE_THREADS 1024
+// The call state the prepare kernel writes ([SEESAW_STATE_LEN] int64, one per
+// call): whether the batch is bad (then nothing was counted, every loss is
+// NaN and every gradient zero), the positive rows (labels below C), and the
+// ticket the row kernels' blocks take to find the last one, which reduces.
+#define SEESAW_STATE_BAD 0
+#define SEESAW_STATE_POSITIVE 1
+#define SEESAW_STATE_TICKET 2
+#define SEESAW_STATE_LEN 4
+// The error record ([SEESAW_ERROR_LEN] int64, one per loss, kept across
+// calls): the first bad batch's first problem, written once (the flag last)
+// and cleared by the host when it reports it.
+#define SEESAW_ERROR_SET 0
+#define SEESAW_ERROR_KIND 1
+#define SEESAW_ERROR_ROW 2
+#define SEESAW_ERROR_VALUE 3
+#define SEESAW_ERROR_LEN 4
+// Kinds of problem: a label out of range (value: the label), a weight that is
+// not finite (value: its f32 bits), a negative count (row: the counter).
+#define SEESAW_ERROR_LABEL 1
+#define SEESAW_ERROR_WEIGHT 2
+#define SEESAW_ERROR_COUNT 3
 // Below this a sum of exponentials is treated as underflowed (src/math.rs,
 // "Shifts instead of an online maximum"): far above f32's smallest normal,
 // far below any real sum.
@@ -31,9 +54,6 @@ struct SeesawParams {
     // (set per launch from the logits' layout).
     long long rows;
     long long row_stride;
-    // Detection: rows whose label is below `classes`, when the host knows
-    // them; -1 leaves them to be counted on the device.
-    long long positive_rows;
     // Divides a mean instead of the row count (plus f32 epsilon) when
     // `has_avg_factor` is non-zero.
     double avg_factor;

@@ -39,14 +39,16 @@ extern "C" {
 
 enum { SEESAW_ERR_LEN = 4096 };
 
-// Returns 0, or non-zero with a message in `err`. `weights` may be null.
+// Returns 0, or non-zero with a message in `err`. `weights` and `state` may be null.
 // `outputs` receives the class loss, then the objectness loss (detection).
 typedef int (*seesaw_forward_fn)(const SeesawParams* params, at::Tensor* scores, at::Tensor* labels,
-                                 at::Tensor* weights, at::Tensor* log_counts, at::Tensor** class_loss,
+                                 at::Tensor* weights, at::Tensor* log_counts, at::Tensor* state,
+                                 at::Tensor** class_loss,
                                  at::Tensor** objectness_loss, at::Tensor** saved, char* err);
 // `g_classes` / `g_objectness` may be null: that output did not reach the loss.
 typedef int (*seesaw_backward_fn)(const SeesawParams* params, at::Tensor* scores, at::Tensor* labels,
-                                  at::Tensor* weights, at::Tensor* log_counts, at::Tensor* saved,
+                                  at::Tensor* weights, at::Tensor* log_counts, at::Tensor* state,
+                                  at::Tensor* saved,
                                   at::Tensor* g_classes, at::Tensor* g_objectness, at::Tensor** grad, char* err);
 }
 
@@ -88,7 +90,8 @@ struct Saved {
 struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
     static variable_list forward(AutogradContext* ctx, const at::Tensor& scores, const at::Tensor& labels,
                                  const std::optional<at::Tensor>& weights, const at::Tensor& log_counts,
-                                 SeesawParams params, seesaw_forward_fn forward_fn,
+                                 const std::optional<at::Tensor>& state, SeesawParams params,
+                                 seesaw_forward_fn forward_fn,
                                  seesaw_backward_fn backward_fn) {
         char err[SEESAW_ERR_LEN] = {0};
         at::Tensor* class_loss = nullptr;
@@ -97,11 +100,12 @@ struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
         // Autograd records an input's metadata, so absent weights travel as an
         // empty optional rather than an undefined tensor.
         const at::Tensor w = weights.has_value() ? *weights : at::Tensor();
-        int rc = forward_fn(&params, handle(scores), handle(labels), handle(w), handle(log_counts),
+        const at::Tensor st = state.has_value() ? *state : at::Tensor();
+        int rc = forward_fn(&params, handle(scores), handle(labels), handle(w), handle(log_counts), handle(st),
                             &class_loss, &objectness_loss, &saved, err);
         at::Tensor classes = take(class_loss), objectness = take(objectness_loss), stats = take(saved);
         TORCH_CHECK(rc == 0, err);
-        ctx->save_for_backward({scores, labels, w, log_counts, stats});
+        ctx->save_for_backward({scores, labels, w, log_counts, st, stats});
         Saved::put(ctx, params, backward_fn);
         if (params.detection) return {classes, objectness};
         return {classes};
@@ -118,12 +122,13 @@ struct SeesawFunction : public torch::autograd::Function<SeesawFunction> {
         char err[SEESAW_ERR_LEN] = {0};
         at::Tensor* grad = nullptr;
         int rc = Saved::backward(ctx)(&params, handle(saved[0]), handle(saved[1]), handle(saved[2]),
-                                      handle(saved[3]), handle(saved[4]), handle(g_classes),
+                                      handle(saved[3]), handle(saved[4]), handle(saved[5]), handle(g_classes),
                                       handle(g_objectness), &grad, err);
         at::Tensor scores_grad = take(grad);
         TORCH_CHECK(rc == 0, err);
         // One entry per argument of forward: only the scores get a gradient.
-        return {scores_grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        return {scores_grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+                at::Tensor(), at::Tensor(), at::Tensor()};
     }
 };
 
@@ -136,12 +141,14 @@ void copy_message(const char* what, char* err) {
 
 extern "C" int seesaw_autograd_apply(const SeesawParams* params, const at::Tensor* scores, const at::Tensor* labels,
                                      const at::Tensor* weights, const at::Tensor* log_counts,
-                                     seesaw_forward_fn forward_fn, seesaw_backward_fn backward_fn,
-                                     at::Tensor** class_loss, at::Tensor** objectness_loss, char* err) {
+                                     const at::Tensor* state, seesaw_forward_fn forward_fn,
+                                     seesaw_backward_fn backward_fn, at::Tensor** class_loss,
+                                     at::Tensor** objectness_loss, char* err) {
     try {
         std::optional<at::Tensor> w = weights ? std::optional<at::Tensor>(*weights) : std::nullopt;
+        std::optional<at::Tensor> st = state ? std::optional<at::Tensor>(*state) : std::nullopt;
         variable_list out =
-            SeesawFunction::apply(*scores, *labels, w, *log_counts, *params, forward_fn, backward_fn);
+            SeesawFunction::apply(*scores, *labels, w, *log_counts, st, *params, forward_fn, backward_fn);
         *class_loss = new at::Tensor(out[0]);
         *objectness_loss = out.size() > 1 ? new at::Tensor(out[1]) : nullptr;
         return 0;
@@ -187,7 +194,6 @@ extern "C" int64_t seesaw_params_layout(int64_t* out, int64_t len) {
         (int64_t)alignof(SeesawParams),
         (int64_t)offsetof(SeesawParams, rows),
         (int64_t)offsetof(SeesawParams, row_stride),
-        (int64_t)offsetof(SeesawParams, positive_rows),
         (int64_t)offsetof(SeesawParams, avg_factor),
         (int64_t)offsetof(SeesawParams, classes),
         (int64_t)offsetof(SeesawParams, detection),
@@ -205,7 +211,8 @@ extern "C" int64_t seesaw_params_layout(int64_t* out, int64_t len) {
 
 // The header's constants as the C++ compiler reads them.
 extern "C" int64_t seesaw_shared_constants(double* out, int64_t len) {
-    const double values[] = {SEESAW_WARPS_PER_BLOCK, SEESAW_COUNT_BLOCK, SEESAW_UNDERFLOW};
+    const double values[] = {SEESAW_WARPS_PER_BLOCK, SEESAW_COUNT_BLOCK, SEESAW_UNDERFLOW, SEESAW_PREPARE_THREADS,
+                             SEESAW_STATE_LEN, SEESAW_ERROR_LEN};
     const int64_t n = std::min<int64_t>(len, sizeof values / sizeof values[0]);
     for (int64_t i = 0; i < n; ++i) out[i] = values[i];
     return n;

@@ -35,6 +35,7 @@ type ForwardFn = unsafe extern "C" fn(
     labels: *mut C_tensor,
     weights: *mut C_tensor,
     log_counts: *mut C_tensor,
+    state: *mut C_tensor,
     class_loss: *mut *mut C_tensor,
     objectness_loss: *mut *mut C_tensor,
     saved: *mut *mut C_tensor,
@@ -47,6 +48,7 @@ type BackwardFn = unsafe extern "C" fn(
     labels: *mut C_tensor,
     weights: *mut C_tensor,
     log_counts: *mut C_tensor,
+    state: *mut C_tensor,
     saved: *mut C_tensor,
     g_classes: *mut C_tensor,
     g_objectness: *mut C_tensor,
@@ -61,6 +63,7 @@ extern "C" {
         labels: *const C_tensor,
         weights: *const C_tensor,
         log_counts: *const C_tensor,
+        state: *const C_tensor,
         forward: ForwardFn,
         backward: BackwardFn,
         class_loss: *mut *mut C_tensor,
@@ -86,6 +89,7 @@ pub(crate) fn apply(call: &Call) -> Result<(Tensor, Option<Tensor>)> {
             call.labels.as_ptr(),
             call.weights.as_ref().map_or(std::ptr::null(), |w| w.as_ptr()),
             call.log_counts.as_ptr(),
+            call.state.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             forward_callback,
             backward_callback,
             &mut class_loss,
@@ -152,13 +156,20 @@ unsafe extern "C" fn forward_callback(
     labels: *mut C_tensor,
     weights: *mut C_tensor,
     log_counts: *mut C_tensor,
+    state: *mut C_tensor,
     class_loss: *mut *mut C_tensor,
     objectness_loss: *mut *mut C_tensor,
     saved: *mut *mut C_tensor,
     err: *mut c_char,
 ) -> c_int {
     // Take ownership first, so that the handles are freed whatever happens.
-    let (scores, labels, weights, log_counts) = (owned(scores), owned(labels), owned(weights), owned(log_counts));
+    let (scores, labels, weights, log_counts, state) = (
+        owned(scores),
+        owned(labels),
+        owned(weights),
+        owned(log_counts),
+        owned(state),
+    );
     let params = *params;
     guarded(err, move || {
         let missing = || anyhow!("the autograd node got no scores, labels or counts");
@@ -168,6 +179,7 @@ unsafe extern "C" fn forward_callback(
             labels.ok_or_else(missing)?,
             weights,
             log_counts.ok_or_else(missing)?,
+            state,
         );
         faults::check(faults::Fault::ForwardError)?;
         let (classes, objectness, stats) = crate::fused::node_forward(&call)?;
@@ -186,17 +198,19 @@ unsafe extern "C" fn backward_callback(
     labels: *mut C_tensor,
     weights: *mut C_tensor,
     log_counts: *mut C_tensor,
+    state: *mut C_tensor,
     saved: *mut C_tensor,
     g_classes: *mut C_tensor,
     g_objectness: *mut C_tensor,
     grad: *mut *mut C_tensor,
     err: *mut c_char,
 ) -> c_int {
-    let (scores, labels, weights, log_counts, saved) = (
+    let (scores, labels, weights, log_counts, state, saved) = (
         owned(scores),
         owned(labels),
         owned(weights),
         owned(log_counts),
+        owned(state),
         owned(saved),
     );
     let (g_classes, g_objectness) = (owned(g_classes), owned(g_objectness));
@@ -209,6 +223,7 @@ unsafe extern "C" fn backward_callback(
             labels.ok_or_else(missing)?,
             weights,
             log_counts.ok_or_else(missing)?,
+            state,
         );
         faults::check(faults::Fault::BackwardError)?;
         faults::check(faults::Fault::BackwardPanic)?;

@@ -25,8 +25,12 @@ pub(crate) struct Call {
     pub labels: Tensor,
     /// `[N]` in the compute kind, detached.
     pub weights: Option<Tensor>,
-    /// `[C]` `log(max(n, 1))` in the compute kind.
+    /// `[C]` `log(max(n, 1))` in the compute kind (f32 on the fused paths).
     pub log_counts: Tensor,
+    /// The fused paths' call state (`[STATE_LEN]` int64 on the scores'
+    /// device, `kernels/seesaw_params.h`): whether the batch is bad and the
+    /// positive rows. `None` on the reference path.
+    pub state: Option<Tensor>,
     pub compute_kind: Kind,
     /// Head, shape, reduction and the constants in f32, as the kernels and
     /// the autograd node take them.
@@ -43,13 +47,13 @@ impl Call {
         labels: Tensor,
         weights: Option<Tensor>,
         log_counts: Tensor,
+        state: Option<Tensor>,
         reduction: Reduction,
         avg_factor: Option<f64>,
-        positive_rows: Option<i64>,
     ) -> Call {
         Call {
             compute_kind: crate::inputs::compute_kind(scores.kind()),
-            params: SeesawParams::new(config, &scores.size(), reduction, avg_factor, positive_rows),
+            params: SeesawParams::new(config, &scores.size(), reduction, avg_factor),
             exact: Exact {
                 p: config.p,
                 q: config.q,
@@ -60,6 +64,7 @@ impl Call {
             labels,
             weights,
             log_counts,
+            state,
         }
     }
 
@@ -79,12 +84,6 @@ impl Call {
         self.params.avg_factor()
     }
 
-    /// The detection head's positive rows (labels below `num_classes`), when
-    /// the call's host read brought them; `None` leaves them to the device.
-    pub(crate) fn positive_rows(&self) -> Option<i64> {
-        self.params.positive_rows()
-    }
-
     /// The call the autograd node rebuilds from what it kept: the fused
     /// paths read only `params`, so `exact` is `params` widened.
     pub(crate) fn from_params(
@@ -93,6 +92,7 @@ impl Call {
         labels: Tensor,
         weights: Option<Tensor>,
         log_counts: Tensor,
+        state: Option<Tensor>,
     ) -> Call {
         Call {
             compute_kind: crate::inputs::compute_kind(scores.kind()),
@@ -100,6 +100,7 @@ impl Call {
             labels,
             weights,
             log_counts,
+            state,
             exact: Exact {
                 p: params.p as f64,
                 q: params.q as f64,
@@ -117,6 +118,7 @@ impl Call {
             labels: self.labels.shallow_clone(),
             weights: self.weights.as_ref().map(Tensor::shallow_clone),
             log_counts: self.log_counts.shallow_clone(),
+            state: self.state.as_ref().map(Tensor::shallow_clone),
             compute_kind: self.compute_kind,
             params: self.params,
             exact: self.exact,

@@ -30,6 +30,28 @@ pub enum Backend {
     Fused,
 }
 
+/// When bad labels, weights and counts on the fused kernels are reported.
+///
+/// A bad batch is one with a label out of range for the head, a label
+/// weight that is NaN or infinite, or a negative count (from a checkpoint).
+/// Whichever the setting, it changes nothing: its labels are not counted,
+/// its losses are NaN and its gradient is zero, and no bad value ever
+/// indexes memory (so it cannot fault the GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Checks {
+    /// The default on CUDA: the kernels check the batch on the device and
+    /// record its first problem (row, value, allowed range); the error comes
+    /// back from the next call on the loss, or from
+    /// [`SeesawLoss::check`](crate::SeesawLoss::check). No call waits for
+    /// the GPU.
+    Deferred,
+    /// The default on CPU, where it costs nothing: the call checks the batch
+    /// before anything changes and returns the error itself. On CUDA this
+    /// reads a few values back to the host once per call, which waits for
+    /// the GPU to catch up.
+    Immediate,
+}
+
 /// The two heads the crate supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Head {
@@ -59,7 +81,9 @@ pub struct SeesawConfig {
     pub(crate) loss_weight: f64,
     pub(crate) reduction: Reduction,
     pub(crate) backend: Backend,
-    pub(crate) device_checks_on_host: bool,
+    /// `None`: [`Checks::Deferred`] on the CUDA kernels, else
+    /// [`Checks::Immediate`].
+    pub(crate) checks: Option<Checks>,
 }
 
 impl SeesawConfig {
@@ -73,7 +97,7 @@ impl SeesawConfig {
             loss_weight: 1.0,
             reduction: Reduction::Mean,
             backend: Backend::Auto,
-            device_checks_on_host: true,
+            checks: None,
         }
     }
 
@@ -168,29 +192,32 @@ impl SeesawConfig {
         self
     }
 
-    /// Whether calls on the CUDA kernel read the label range and the counts'
-    /// health back to the host to report bad values as errors (default
-    /// `true`). That read is the one host synchronization of a call; with
-    /// `false`, a fused CUDA step runs with none (except `Reduction::None` on
-    /// the detection head, whose output length is the number of positive
-    /// rows). Without the check an out-of-range label cannot fault: the
-    /// kernel gives its row a NaN loss and a zero gradient and the count
-    /// update skips it, so the loss turns NaN rather than an error reporting
-    /// it. CPU calls and the reference path always check (on the CPU the read
-    /// costs nothing; libtorch's own ops on CUDA would fault on a bad index).
+    /// When bad labels, weights and counts are reported (see [`Checks`]).
+    /// Unset, it is [`Checks::Deferred`] on the CUDA kernels and
+    /// [`Checks::Immediate`] everywhere else. The reference path always
+    /// checks immediately: its libtorch operations would fault on a bad
+    /// index.
     ///
     /// ```
-    /// let config = seesaw_loss::SeesawConfig::detection(1203).device_checks_on_host(false);
-    /// assert!(!config.get_device_checks_on_host());
+    /// use seesaw_loss::{Checks, SeesawConfig};
+    /// let config = SeesawConfig::detection(1203).checks(Checks::Immediate);
+    /// assert_eq!(config.checks_setting(), Some(Checks::Immediate));
     /// ```
-    pub fn device_checks_on_host(mut self, check: bool) -> Self {
-        self.device_checks_on_host = check;
+    pub fn checks(mut self, checks: Checks) -> Self {
+        self.checks = Some(checks);
         self
     }
 
-    /// See [`device_checks_on_host`](SeesawConfig::device_checks_on_host).
-    pub fn get_device_checks_on_host(&self) -> bool {
-        self.device_checks_on_host
+    /// The [`Checks`] set with [`checks`](SeesawConfig::checks), if any.
+    pub fn checks_setting(&self) -> Option<Checks> {
+        self.checks
+    }
+
+    /// The [`Checks`] a call gets: the setting, else the default for where
+    /// it runs (`on_kernel`: the CUDA kernels).
+    pub(crate) fn checks_for(&self, on_kernel: bool) -> Checks {
+        self.checks
+            .unwrap_or(if on_kernel { Checks::Deferred } else { Checks::Immediate })
     }
 
     /// The head this configuration describes.

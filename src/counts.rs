@@ -67,17 +67,12 @@ impl Counts {
     }
 
     /// Adds `step` to `counts[label]` for every label (1 counts a batch, -1
-    /// takes it back out after a failed call), on the labels' device, with no
-    /// host round trip. `on_kernel` (the fused CUDA path) uses the count
-    /// kernel, which skips out-of-range labels: the host may not have checked
-    /// them there (`device_checks_on_host`). Elsewhere the labels were checked
-    /// and libtorch's `index_add_` does it.
-    pub(crate) fn add(&self, labels: &Tensor, step: i64, on_kernel: bool) -> Result<()> {
+    /// takes it back out after a failed call), with libtorch's `index_add_`:
+    /// the labels were checked. (The fused paths count in their prepare
+    /// step.)
+    pub(crate) fn add(&self, labels: &Tensor, step: i64) -> Result<()> {
         if labels.numel() == 0 {
             return Ok(());
-        }
-        if on_kernel {
-            return crate::fused::cuda::add_counts(&self.var, labels, step);
         }
         let _guard = tch::no_grad_guard();
         let steps = Tensor::full([labels.numel() as i64], step, (Kind::Int64, labels.device()));

@@ -64,16 +64,23 @@ pub fn seesaw_ce_loss(
         bail!("cum_samples must be numeric, got {:?}", cum_samples.kind());
     }
     inputs::check_device("cum_samples", cum_samples.device(), device)?;
-    let report = inputs::inspect(&labels, Some(cum_samples), None)?;
+    let report = inputs::inspect(&labels, Some(cum_samples), weights.as_ref())?;
     inputs::check_label_range(&config, report.label_range)?;
     if report.bad_counts {
         bail!("cum_samples holds NaN, infinite or negative counts");
     }
+    if report.bad_weights {
+        bail!("label_weights must be finite, found NaN or an infinite weight");
+    }
     let log_counts = cum_samples.detach().to_kind(compute_kind).clamp_min(1.0).log();
-    let call = Call::new(
-        &config, cls_score, labels, weights, log_counts, reduction, avg_factor, None,
-    );
-    let parts = if fused::unsupported(device, cls_score.kind()).is_none() {
+    let fused = fused::unsupported(device, cls_score.kind()).is_none();
+    // The checks above stand for the fused paths' prepare step, which this
+    // form skips (it counts nothing): a good batch whose rows are all
+    // positive.
+    let state = fused.then(|| fused::good_batch_state(rows, device));
+    let log_counts = if fused { log_counts.to_kind(tch::Kind::Float) } else { log_counts };
+    let call = Call::new(&config, cls_score, labels, weights, log_counts, state, reduction, avg_factor);
+    let parts = if fused {
         fused::forward(&call)?
     } else {
         reference::forward(&call)

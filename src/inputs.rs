@@ -113,31 +113,28 @@ pub(crate) struct DataReport {
     pub label_range: Option<(i64, i64)>,
     /// Whether any counter is NaN, infinite or negative.
     pub bad_counts: bool,
-    /// How many labels are below the bound asked for (positive rows of a
-    /// detection head), when one was.
-    pub rows_below: Option<i64>,
+    /// Whether any weight is NaN or infinite.
+    pub bad_weights: bool,
 }
 
-/// Reads the label range and the health of the counts in a single transfer:
-/// the only host round trip of a call, forced by the promise that bad labels
-/// and corrupt checkpoints come back as errors rather than as device faults.
-/// Without `counts` (calls that do not touch them), only the labels are read.
-/// With `count_below`, the same read also brings the number of labels below
-/// it, which the mean of a detection head's class part divides by: known on
-/// the host, it saves the device work of counting them in forward and again
-/// in backward.
-pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, count_below: Option<i64>) -> Result<DataReport> {
+/// Reads the label range, the health of the counts and of the weights in a
+/// single transfer: the host round trip of an immediate check, which turns
+/// bad labels, weights and corrupt checkpoints into errors before anything
+/// changes. Without `counts` (calls that do not touch them) or `weights`,
+/// those are not read.
+pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, weights: Option<&Tensor>) -> Result<DataReport> {
     let _guard = tch::no_grad_guard();
     // Few operations: at small N each one's dispatch costs more than its work.
-    let mut parts = Vec::with_capacity(3);
+    let mut parts = Vec::with_capacity(4);
     let has_rows = labels.numel() > 0;
     if has_rows {
         let (lo, hi) = labels.aminmax(None, false);
         parts.push(lo.view([1]));
         parts.push(hi.view([1]));
-        if let Some(bound) = count_below {
-            parts.push(labels.lt(bound).sum(Kind::Int64).view([1]));
-        }
+    }
+    let weights = weights.filter(|w| w.numel() > 0);
+    if let Some(w) = weights {
+        parts.push(w.isfinite().logical_not().any().to_kind(Kind::Int64).view([1]));
     }
     // The last part is bad when negative: the smallest of int64 counts (the
     // usual case), or minus a flag of float counts from a checkpoint.
@@ -160,7 +157,7 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, count_below: Opt
         return Ok(DataReport {
             label_range: None,
             bad_counts: false,
-            rows_below: count_below.map(|_| 0),
+            bad_weights: false,
         });
     }
     crate::probe::host_read();
@@ -170,12 +167,13 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, count_below: Opt
     }
     let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
     let label_range = has_rows.then(|| (values[0], values[1]));
+    let weights_at = if has_rows { 2 } else { 0 };
+    let bad_weights = weights.is_some() && values[weights_at] != 0;
     let bad_counts = counts.is_some() && values[values.len() - 1] < 0;
-    let rows_below = count_below.map(|_| if has_rows { values[2] } else { 0 });
     Ok(DataReport {
         label_range,
         bad_counts,
-        rows_below,
+        bad_weights,
     })
 }
 

@@ -38,6 +38,7 @@ mod autograd;
 mod call;
 mod config;
 mod counts;
+mod deferred;
 mod functional;
 mod fused;
 mod inputs;
@@ -51,7 +52,7 @@ pub mod testing;
 
 pub mod link;
 
-pub use config::{Backend, Head, Reduction, SeesawConfig};
+pub use config::{Backend, Checks, Head, Reduction, SeesawConfig};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
 pub use loss::{ComputePath, PathChoice, SeesawAccuracy, SeesawLoss, SeesawOutput};

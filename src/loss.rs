@@ -6,8 +6,10 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{Call, Parts};
-use crate::config::{Backend, Head, Reduction, SeesawConfig};
+use crate::config::{Backend, Checks, Head, Reduction, SeesawConfig};
 use crate::counts::Counts;
+use crate::deferred::{BadBatch, ErrorRecord};
+use crate::params::SeesawParams;
 use crate::{fused, inputs, reference};
 
 /// The Seesaw loss with its cumulative class counts.
@@ -33,6 +35,10 @@ use crate::{fused, inputs, reference};
 pub struct SeesawLoss {
     config: SeesawConfig,
     counts: Counts,
+    /// Where the kernels record a bad batch (created at the first kernel call).
+    record: Option<ErrorRecord>,
+    /// A bad batch the CPU mirror found under deferred checks.
+    pending: Option<BadBatch>,
 }
 
 /// The loss of one call.
@@ -112,7 +118,12 @@ impl SeesawLoss {
     pub fn new<'a, P: Borrow<tch::nn::Path<'a>>>(path: P, config: SeesawConfig) -> Result<Self> {
         config.validate()?;
         let counts = Counts::new(path.borrow(), config.num_counters())?;
-        Ok(SeesawLoss { config, counts })
+        Ok(SeesawLoss {
+            config,
+            counts,
+            record: None,
+            pending: None,
+        })
     }
 
     /// The configuration the loss was built with.
@@ -159,9 +170,11 @@ impl SeesawLoss {
     /// - `avg_factor`: divides a [`Reduction::Mean`] sum instead of the row
     ///   count (plus `f32::EPSILON`); an error with [`Reduction::Sum`].
     ///
-    /// Checking the labels' range and the counts' health reads a few numbers
-    /// back to the host once per call; [`Reduction::None`] on the detection
-    /// head reads the number of positive rows, which sizes its output.
+    /// A bad batch (a label out of range, a weight that is not finite, a
+    /// negative count) changes nothing; it is an error of this call or of a
+    /// later one as [`Checks`] says. On the CUDA kernels a call reads nothing
+    /// back to the host by default, except [`Reduction::None`] on the
+    /// detection head, whose output length is the number of positive rows.
     ///
     /// ```
     /// use seesaw_loss::{Reduction, SeesawConfig, SeesawLoss};
@@ -301,42 +314,113 @@ impl SeesawLoss {
         self.counts.check_layout(device)?;
         let use_fused = self.choose_backend(cls_score)?;
         let on_kernel = use_fused && fused::on_kernel(device);
-        if on_kernel {
-            fused::cuda::prepare(device)?;
-        }
-        // The fused path's mean of a detection head's class part divides by
-        // the positive rows: the host read brings them along when it happens.
-        let count_positive =
-            use_fused && config.head() == Head::Detection && reduction == Reduction::Mean && avg_factor.is_none();
-        let mut positive_rows = None;
-        if config.device_checks_on_host || !on_kernel {
-            let count_below = count_positive.then_some(config.num_classes());
-            let report = inputs::inspect(&labels, Some(self.counts.raw()), count_below)?;
+        let checks = config.checks_for(on_kernel);
+        // An earlier call's bad batch that the device has reported since.
+        self.report_deferred()?;
+        let config = &self.config;
+        // Immediate checks read the batch back to the host (free on the
+        // CPU). The reference path always checks so (its index operations
+        // would fault on a bad label), and so does a call on counts that a
+        // checkpoint left in a floating kind, before they become int64.
+        let floating_counts = self.counts.raw().kind() != Kind::Int64;
+        if !use_fused || floating_counts || (on_kernel && checks == Checks::Immediate) {
+            let report = inputs::inspect(&labels, Some(self.counts.raw()), weights.as_ref())?;
             inputs::check_label_range(config, report.label_range)?;
+            if report.bad_weights {
+                bail!("label_weights must be finite, found NaN or an infinite weight; the counts were left as they are");
+            }
             if report.bad_counts {
                 bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
             }
-            positive_rows = report.rows_below;
+        }
+        self.counts.normalize();
+        if !use_fused {
+            // From here on the inputs are known good: the counts take the batch.
+            self.counts.add(&labels, 1)?;
+            let log_counts = self.counts.log_counts(config.num_classes(), compute_kind);
+            let call = Call::new(config, cls_score, labels, weights, log_counts, None, reduction, avg_factor);
+            return compute(&call, false).map_err(|e| match self.counts.add(&call.labels, -1) {
+                Ok(()) => e,
+                Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
+            });
         }
 
-        // From here on the inputs are known good: the counts take the batch.
-        self.counts.normalize();
-        self.counts.add(&labels, 1, on_kernel)?;
-        let log_counts = self.counts.log_counts(config.num_classes(), compute_kind);
+        // The fused paths check, count and prepare in one step; a bad batch
+        // changes nothing and is reported now or later as configured.
+        if on_kernel && self.record.is_none() {
+            self.record = Some(ErrorRecord::new(device)?);
+        }
+        let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
+        let prepared = fused::prepare(&params, &labels, weights.as_ref(), self.counts.raw(), self.record.as_ref())?;
+        let counted = prepared.bad.is_none();
+        if let Some(bad) = prepared.bad {
+            match checks {
+                Checks::Immediate => bail!(bad.message(config, false)),
+                Checks::Deferred => self.pending = Some(bad),
+            }
+        }
         let call = Call::new(
             config,
             cls_score,
             labels,
             weights,
-            log_counts,
+            prepared.log_counts,
+            Some(prepared.state),
             reduction,
             avg_factor,
-            positive_rows,
         );
-        compute(&call, use_fused).map_err(|e| match self.counts.add(&call.labels, -1, on_kernel) {
-            Ok(()) => e,
-            Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
+        compute(&call, true).map_err(|e| {
+            // The kernel's rollback skips a batch its prepare step found bad.
+            let undo = if on_kernel {
+                fused::cuda::add_counts(self.counts.raw(), &call.labels, -1, call.state.as_ref())
+            } else if counted {
+                self.counts.add(&call.labels, -1)
+            } else {
+                Ok(())
+            };
+            match undo {
+                Ok(()) => e,
+                Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
+            }
         })
+    }
+
+    /// Returns the error of an earlier call's bad batch that has been found
+    /// since (and forgets it), without waiting for the device.
+    fn report_deferred(&mut self) -> Result<()> {
+        let found = self.pending.take().or_else(|| self.record.as_mut().and_then(ErrorRecord::take));
+        match found {
+            Some(bad) => bail!(bad.message(&self.config, true)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the device to finish this loss's calls, then returns the
+    /// error of a bad batch among them, if any (see [`Checks::Deferred`]);
+    /// the next call would have returned it. Calls under
+    /// [`Checks::Immediate`] never leave one.
+    ///
+    /// ```
+    /// use seesaw_loss::{Checks, SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let config = SeesawConfig::classification(3).checks(Checks::Deferred);
+    /// let mut loss = SeesawLoss::new(vs.root(), config)?;
+    /// let scores = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    /// // Label 7 is out of range: the call changes nothing and its loss is NaN.
+    /// let out = loss.forward(&scores, &Tensor::from_slice(&[0i64, 7]), None, None)?;
+    /// assert!(out.classes.double_value(&[]).is_nan());
+    /// let err = loss.check().unwrap_err();
+    /// assert!(err.to_string().contains("found label 7 at row 1"), "{err}");
+    /// assert_eq!(Vec::<i64>::try_from(loss.cum_samples())?, [0, 0, 0]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn check(&mut self) -> Result<()> {
+        if let Device::Cuda(ordinal) = self.counts.raw().device() {
+            crate::probe::host_read();
+            tch::Cuda::synchronize(ordinal as i64);
+        }
+        self.report_deferred()
     }
 
     /// Whether this call takes the fused path.

@@ -4,14 +4,15 @@
 
 use crate::config::{Head, Reduction, SeesawConfig};
 
-/// The header's `SEESAW_*` constants, read by `build.rs`: rows per block of
-/// the row kernels (`WARPS_PER_BLOCK`), threads per block of the count
-/// kernel (`COUNT_BLOCK`), and the bound below which a sum of exponentials
-/// counts as underflowed (`UNDERFLOW`).
+/// The header's `SEESAW_*` constants, read by `build.rs` (their meanings are
+/// documented there): block sizes, the underflow bound, and the slots of the
+/// call state and the error record.
 mod shared {
+    #![allow(dead_code)] // the header's full list; Rust uses most of it
     include!(concat!(env!("OUT_DIR"), "/seesaw_constants.rs"));
 }
-pub(crate) use shared::{COUNT_BLOCK, UNDERFLOW, WARPS_PER_BLOCK};
+#[allow(unused_imports)] // each constant has its users; the list is the header's
+pub(crate) use shared::*;
 
 /// One call's parameters, filled once on the host and passed by value to
 /// every kernel (first argument) and to the autograd node. Field meanings are
@@ -22,7 +23,6 @@ pub(crate) use shared::{COUNT_BLOCK, UNDERFLOW, WARPS_PER_BLOCK};
 pub(crate) struct SeesawParams {
     pub(crate) rows: i64,
     pub(crate) row_stride: i64,
-    pub(crate) positive_rows: i64,
     pub(crate) avg_factor: f64,
     pub(crate) classes: i32,
     pub(crate) detection: i32,
@@ -46,12 +46,10 @@ impl SeesawParams {
         cls_score_shape: &[i64],
         reduction: Reduction,
         avg_factor: Option<f64>,
-        positive_rows: Option<i64>,
     ) -> SeesawParams {
         SeesawParams {
             rows: cls_score_shape.first().copied().unwrap_or(0),
             row_stride: cls_score_shape.get(1).copied().unwrap_or(0),
-            positive_rows: positive_rows.unwrap_or(-1),
             avg_factor: avg_factor.unwrap_or(0.0),
             classes: config.num_classes() as i32,
             detection: (config.head() == Head::Detection) as i32,
@@ -70,7 +68,6 @@ impl SeesawParams {
         SeesawParams {
             rows: 0,
             row_stride: 0,
-            positive_rows: -1,
             avg_factor: 0.0,
             classes: 0,
             detection: 0,
@@ -102,10 +99,6 @@ impl SeesawParams {
     pub(crate) fn avg_factor(&self) -> Option<f64> {
         (self.has_avg_factor != 0).then_some(self.avg_factor)
     }
-
-    pub(crate) fn positive_rows(&self) -> Option<i64> {
-        (self.positive_rows >= 0).then_some(self.positive_rows)
-    }
 }
 
 fn reduction_code(reduction: Reduction) -> i32 {
@@ -133,7 +126,6 @@ mod tests {
             align_of::<SeesawParams>(),
             offset_of!(SeesawParams, rows),
             offset_of!(SeesawParams, row_stride),
-            offset_of!(SeesawParams, positive_rows),
             offset_of!(SeesawParams, avg_factor),
             offset_of!(SeesawParams, classes),
             offset_of!(SeesawParams, detection),
@@ -163,6 +155,12 @@ mod tests {
         // SAFETY: as above.
         let n = unsafe { seesaw_shared_constants(c.as_mut_ptr(), c.len() as i64) };
         c.truncate(n as usize);
-        assert_eq!(c, [WARPS_PER_BLOCK as f64, COUNT_BLOCK as f64, UNDERFLOW as f64]);
+        let rust = [WARPS_PER_BLOCK, COUNT_BLOCK, UNDERFLOW as u32, PREPARE_THREADS, STATE_LEN, ERROR_LEN];
+        assert_eq!(c[2], UNDERFLOW as f64);
+        for (i, (c, rust)) in c.iter().zip(rust).enumerate() {
+            if i != 2 {
+                assert_eq!(*c, rust as f64, "constant {i}");
+            }
+        }
     }
 }

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::set_counts;
-use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
+use common::{set_counts, to_i64};
+use seesaw_loss::{Backend, Checks, Reduction, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 fn zeros(shape: &[i64], kind: Kind) -> Tensor {
@@ -215,17 +215,34 @@ fn accuracy_and_activation_check_their_inputs() {
 }
 
 #[test]
-fn cpu_calls_check_labels_even_without_host_checks() {
+fn cpu_calls_check_immediately_by_default() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut loss = SeesawLoss::new(vs.root(), det().device_checks_on_host(false)).unwrap();
+    let mut loss = SeesawLoss::new(vs.root(), det()).unwrap();
     let err = loss
-        .forward(
-            &zeros(&[2, 5], Kind::Float),
-            &Tensor::from_slice(&[0i64, 4]),
-            None,
-            None,
-        )
+        .forward(&zeros(&[2, 5], Kind::Float), &Tensor::from_slice(&[0i64, 4]), None, None)
         .unwrap_err();
-    assert!(err.to_string().contains("found label 4"), "{err}");
-    assert_eq!(Vec::<i64>::try_from(loss.cum_samples()).unwrap(), [0, 0, 0, 0]);
+    assert!(err.to_string().contains("found label 4 at row 1"), "{err}");
+    let weights = Tensor::from_slice(&[f32::NAN, 1.0]);
+    let err = loss
+        .forward(&zeros(&[2, 5], Kind::Float), &Tensor::from_slice(&[0i64, 3]), Some(&weights), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("label_weights must be finite, found NaN at row 0"), "{err}");
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+}
+
+#[test]
+fn deferred_checks_on_the_cpu_mirror_report_on_the_next_call() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), det().checks(Checks::Deferred)).unwrap();
+    let x = zeros(&[2, 5], Kind::Float);
+    let out = loss.forward(&x, &Tensor::from_slice(&[0i64, 4]), None, None).unwrap();
+    assert!(out.total().double_value(&[]).is_nan());
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+    let err = loss.forward(&x, &Tensor::from_slice(&[0i64, 3]), None, None).unwrap_err();
+    assert!(err.to_string().contains("found label 4 at row 1"), "{err}");
+    loss.forward(&x, &Tensor::from_slice(&[0i64, 3]), None, None).unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [1, 0, 0, 1]);
+    // The reference path checks immediately whatever the setting.
+    let mut reference = SeesawLoss::new(vs.root() / "r", det().checks(Checks::Deferred).backend(Backend::Reference)).unwrap();
+    assert!(reference.forward(&x, &Tensor::from_slice(&[0i64, 4]), None, None).is_err());
 }

@@ -104,22 +104,22 @@ fn node_and_forward_backward_match_the_reference_on_the_gpu() {
 }
 
 #[test]
-fn without_host_checks_bad_labels_give_nan_rows_not_faults() {
+fn a_deferred_bad_batch_on_the_gpu_changes_nothing_and_errors_later() {
     let Some(dev) = cuda() else { return };
-    kernel::without_host_checks_bad_labels_give_nan_rows(dev);
+    kernel::a_deferred_bad_batch_changes_nothing_and_errors_later(dev);
     tch::Cuda::synchronize(0);
 }
 
 #[test]
-fn without_host_checks_the_kernel_matches_the_reference_on_the_gpu() {
+fn the_default_matches_the_reference_on_the_gpu() {
     let Some(dev) = cuda() else { return };
-    kernel::without_host_checks_matches_the_reference(dev);
+    kernel::the_default_matches_the_reference(dev);
     tch::Cuda::synchronize(0);
 }
 
 #[test]
-fn a_failed_call_without_host_checks_takes_its_batch_back_out_on_the_device() {
+fn a_failed_call_takes_its_batch_back_out_on_the_device() {
     let Some(dev) = cuda() else { return };
-    kernel::a_failed_call_without_host_checks_takes_its_batch_back_out(dev);
+    kernel::a_failed_call_takes_its_batch_back_out(dev);
     tch::Cuda::synchronize(0);
 }

@@ -54,16 +54,16 @@ fn emulated_node_and_forward_backward_match_the_reference() {
 }
 
 #[test]
-fn without_host_checks_bad_labels_give_nan_rows() {
-    kernel::without_host_checks_bad_labels_give_nan_rows(emulated());
+fn a_deferred_bad_batch_changes_nothing_and_errors_later() {
+    kernel::a_deferred_bad_batch_changes_nothing_and_errors_later(emulated());
 }
 
 #[test]
-fn without_host_checks_the_emulated_path_matches_the_reference() {
-    kernel::without_host_checks_matches_the_reference(emulated());
+fn the_emulated_default_matches_the_reference() {
+    kernel::the_default_matches_the_reference(emulated());
 }
 
 #[test]
-fn a_failed_call_without_host_checks_takes_its_batch_back_out() {
-    kernel::a_failed_call_without_host_checks_takes_its_batch_back_out(emulated());
+fn a_failed_call_takes_its_batch_back_out() {
+    kernel::a_failed_call_takes_its_batch_back_out(emulated());
 }

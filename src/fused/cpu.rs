@@ -1,7 +1,14 @@
-//! The CPU mirror of the kernel: the row algorithm of [`crate::math`] over
-//! row blocks on scoped threads, in vector code (AVX2 when the processor has
-//! it). It is the fast CPU path and lets CI check the kernel's math without a
-//! GPU.
+//! The CPU mirror of the kernels: the same call in the same steps, the row
+//! algorithm of [`crate::math`] over row blocks on libtorch's intra-op
+//! threads, in vector code (AVX2 when the processor has it). It is the fast
+//! CPU path and lets CI check the kernels' logic without a GPU.
+//!
+//! - [`prepare`] is `seesaw_prepare`: it checks the batch, counts it, writes
+//!   the log-count table and the call state, with no libtorch operation.
+//! - The row passes write each row's `loss_weight * weight * loss`; a
+//!   reduction sums them in row order in f64, so results are the same bits
+//!   whatever the number of threads (each row's values depend on that row
+//!   alone, and the sum's order is fixed).
 
 use std::ops::Range;
 
@@ -10,12 +17,77 @@ use tch::{Device, Kind, Tensor};
 
 use super::{LossRows, Upstream};
 use crate::call::Call;
-use crate::config::Head;
+use crate::config::{Head, Reduction};
+use crate::deferred::{BadBatch, Problem};
 use crate::math::{class_forward, class_forward_powered, class_grad, objectness_row, PoweredCounts, RowStats};
-use crate::params::SeesawParams;
+use crate::params::{SeesawParams, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
 /// The fewest logits a thread gets: below this, handing out work costs more.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// `seesaw_prepare` on the host: checks the labels, weights and counts;
+/// when all are good, adds the labels to `counts`. Returns the `[C]` f32
+/// log-count table, the `[STATE_LEN]` int64 call state and, for a bad batch
+/// (nothing counted), its first problem.
+pub(crate) fn prepare(
+    params: &SeesawParams,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    counts: &Tensor,
+) -> Result<(Tensor, Tensor, Option<BadBatch>)> {
+    ensure!(
+        counts.kind() == Kind::Int64 && counts.is_contiguous() && counts.device() == Device::Cpu,
+        "cum_samples must be a contiguous int64 CPU tensor here"
+    );
+    let labels = labels.contiguous();
+    let weights = weights.map(|w| w.to_kind(Kind::Float).contiguous());
+    let n = labels.numel();
+    let classes = params.classes as usize;
+    let max_label = if params.detection != 0 { classes as i64 } else { classes as i64 - 1 };
+    // SAFETY: contiguous CPU tensors of these kinds and lengths.
+    let (label_values, weight_values, count_values) = unsafe {
+        (
+            slice::<i64>(&labels, n),
+            weights.as_ref().map(|w| slice::<f32>(w, n)),
+            std::slice::from_raw_parts_mut(counts.data_ptr() as *mut i64, counts.numel()),
+        )
+    };
+    let bad_row = (0..n).find_map(|r| {
+        let label = label_values[r];
+        if !(0..=max_label).contains(&label) {
+            return Some(BadBatch {
+                problem: Problem::Label,
+                row: r as i64,
+                value: label,
+            });
+        }
+        let weight = weight_values.map_or(1.0, |w| w[r]);
+        (!weight.is_finite()).then_some(BadBatch {
+            problem: Problem::Weight,
+            row: r as i64,
+            value: weight.to_bits() as i64,
+        })
+    });
+    let bad = bad_row.or_else(|| {
+        count_values.iter().position(|&c| c < 0).map(|j| BadBatch {
+            problem: Problem::Count,
+            row: j as i64,
+            value: count_values[j],
+        })
+    });
+    let positive = label_values.iter().filter(|&&l| (0..classes as i64).contains(&l)).count() as i64;
+    if bad.is_none() {
+        for &label in label_values {
+            let counter = &mut count_values[label as usize];
+            *counter = counter.checked_add(1).unwrap_or(i64::MAX);
+        }
+    }
+    let log_counts: Vec<f32> = count_values[..classes].iter().map(|&c| (c.max(1) as f32).ln()).collect();
+    let mut state = vec![0i64; STATE_LEN as usize];
+    state[STATE_BAD as usize] = bad.is_some() as i64;
+    state[STATE_POSITIVE as usize] = positive;
+    Ok((Tensor::from_slice(&log_counts), Tensor::from_slice(&state), bad))
+}
 
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
 struct Host<'a> {
@@ -27,7 +99,10 @@ struct Host<'a> {
     width: usize,
     classes: usize,
     detection: bool,
-    loss_weight: f32,
+    /// The batch is bad: every row's loss is NaN, its gradient zero.
+    bad: bool,
+    /// What each part's mean divides by (1 for the other reductions).
+    divisors: (f32, f32),
 }
 
 /// Owned contiguous f32 / i64 copies of a call's inputs (no copy when they
@@ -37,26 +112,35 @@ struct Inputs {
     labels: Tensor,
     weights: Option<Tensor>,
     log_counts: Tensor,
+    state: [i64; STATE_LEN as usize],
 }
 
 impl Inputs {
     fn of(call: &Call) -> Result<Inputs> {
         ensure!(call.scores.device() == Device::Cpu, "the CPU mirror takes CPU tensors");
+        let state = call
+            .state
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the CPU mirror needs the call state of its prepare step"))?;
+        let state: Vec<i64> = Vec::try_from(state)?;
         Ok(Inputs {
             logits: call.scores.detach().to_kind(Kind::Float).contiguous(),
             labels: call.labels.contiguous(),
             weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
             log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+            state: state.try_into().map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?,
         })
     }
 
     fn host<'a>(&'a self, call: &Call) -> Host<'a> {
         let shape = self.logits.size();
         let (n, width) = (shape[0] as usize, shape[1] as usize);
+        let params = call.params;
+        let positive = self.state[STATE_POSITIVE as usize];
         // SAFETY (all four slices): contiguous CPU tensors of these kinds and
         // lengths, alive as long as `self`.
         Host {
-            params: call.params,
+            params,
             logits: unsafe { slice(&self.logits, n * width) },
             labels: unsafe { slice(&self.labels, n) },
             weights: self.weights.as_ref().map(|w| unsafe { slice(w, n) }),
@@ -64,9 +148,25 @@ impl Inputs {
             width,
             classes: call.num_classes() as usize,
             detection: call.head() == Head::Detection,
-            loss_weight: call.params.loss_weight,
+            bad: self.state[STATE_BAD as usize] != 0,
+            divisors: mean_divisors(&params, n as i64, positive),
         }
     }
+}
+
+/// What each part's mean divides by, as `seesaw.cu`'s `divisor`: the
+/// avg_factor plus f32 epsilon when given, else the part's rows (positive
+/// rows for a detection head's classes), at least 1; 1 when not a mean.
+fn mean_divisors(params: &SeesawParams, rows: i64, positive: i64) -> (f32, f32) {
+    if params.reduction() != Reduction::Mean {
+        return (1.0, 1.0);
+    }
+    if let Some(avg) = params.avg_factor() {
+        let d = (avg + f32::EPSILON as f64) as f32;
+        return (d, d);
+    }
+    let class_rows = if params.detection != 0 { positive } else { rows };
+    (class_rows.max(1) as f32, rows.max(1) as f32)
 }
 
 impl Host<'_> {
@@ -78,16 +178,19 @@ impl Host<'_> {
         &self.logits[r * self.width..(r + 1) * self.width]
     }
 
-    /// The row's label when it is in range for the head. Labels are checked
-    /// before any pass runs; this only keeps an unchecked one from indexing
-    /// out of bounds.
+    /// The row's label when the batch is good and the label in range for
+    /// the head. Labels are checked before any pass runs; this only keeps a
+    /// bad one from indexing out of bounds.
     fn label(&self, r: usize) -> Option<usize> {
+        if self.bad {
+            return None;
+        }
         let max = if self.detection { self.classes } else { self.classes - 1 };
         usize::try_from(self.labels[r]).ok().filter(|&l| l <= max)
     }
 
     fn scale(&self, r: usize) -> f32 {
-        self.loss_weight * self.weights.map_or(1.0, |w| w[r])
+        self.params.loss_weight * self.weights.map_or(1.0, |w| w[r])
     }
 }
 
@@ -117,14 +220,32 @@ impl<'a> HostUpstream<'a> {
     }
 }
 
-/// Loss pass: unweighted losses and stats per row, no N x C output.
-pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
+/// The outputs of a loss pass: per row for [`Reduction::None`], else the
+/// reduced scalars, f32.
+fn reduced(host: &Host, rows: LossRows) -> (Tensor, Option<Tensor>) {
+    if host.params.reduction() == Reduction::None {
+        return (rows.class_loss, rows.objectness_loss);
+    }
+    // SAFETY: fresh contiguous f32 tensors of `rows()` values.
+    let sum = |t: &Tensor, divisor: f32| {
+        let values = unsafe { slice::<f32>(t, host.rows()) };
+        let total: f64 = values.iter().map(|&v| v as f64).sum();
+        Tensor::from((total as f32) / divisor)
+    };
+    let classes = sum(&rows.class_loss, host.divisors.0);
+    let objectness = rows.objectness_loss.as_ref().map(|o| sum(o, host.divisors.1));
+    (classes, objectness)
+}
+
+/// Loss pass: the reduced parts (per row for [`Reduction::None`]) and the
+/// `[N, 2]` row stats its gradient pass needs; no N x C output.
+pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let out = LossRows::zeros(n as i64, host.detection, Device::Cpu);
-    let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
+    let out = LossRows::empty(n as i64, host.detection, Device::Cpu);
+    let stats = Tensor::empty([n as i64, 2], (Kind::Float, Device::Cpu));
     // SAFETY: fresh contiguous f32 tensors of these lengths, written only
     // through these pointers, each row by one thread.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), None) };
@@ -132,10 +253,11 @@ pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
     parallel_rows(n, host.width, |rows| {
         forward_block(&host, powered.as_ref(), rows, &targets)
     });
-    Ok((out, stats))
+    let (classes, objectness) = reduced(&host, out);
+    Ok((classes, objectness, stats))
 }
 
-/// Gradient pass: `grad[r] = upstream_r * scale_r * d loss_r / d z_r`.
+/// Gradient pass: `grad[r] = upstream_r / divisor * scale_r * d loss_r / d z_r`.
 pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let inputs = Inputs::of(call)?;
@@ -154,20 +276,24 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(None, None, Some(&grad)) };
     parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
-    Ok(grad.to_kind(call.scores.kind()))
+    Ok(in_kind(grad, call.scores.kind()))
 }
 
 /// Both passes back to back on each row (the row is still in cache for the
-/// second): losses, and the gradient scaled by `upstream`.
-pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(LossRows, Tensor)> {
+/// second): the reduced parts, and the gradient of their total.
+pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let placed = upstream.on(Device::Cpu);
+    let one = Tensor::from(1.0f32);
+    let placed = Upstream {
+        classes: Some(one.shallow_clone()),
+        objectness: host.detection.then_some(one),
+    };
     let up = HostUpstream::of(&placed);
-    let out = LossRows::zeros(n as i64, host.detection, Device::Cpu);
-    let stats = Tensor::zeros([n as i64, 2], (Kind::Float, Device::Cpu));
+    let out = LossRows::empty(n as i64, host.detection, Device::Cpu);
+    let stats = Tensor::empty([n as i64, 2], (Kind::Float, Device::Cpu));
     let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
@@ -178,7 +304,17 @@ pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(Loss
         forward_block(&host, powered.as_ref(), rows.clone(), &targets);
         backward_block(&host, rows, &stats_in, &up, &targets)
     });
-    Ok((out, grad.to_kind(call.scores.kind())))
+    let (classes, objectness) = reduced(&host, out);
+    Ok((classes, objectness, in_kind(grad, call.scores.kind())))
+}
+
+/// `t` in `kind`, with no operation when it already is.
+fn in_kind(t: Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t
+    } else {
+        t.to_kind(kind)
+    }
 }
 
 /// Row stats, `[N, 2]` f32, read by row.
@@ -306,6 +442,7 @@ with_best_features!(forward_block(
     let mut scratch = vec![0.0f32; if powered.is_some() { c } else { 0 }];
     for r in rows {
         let z = host.row(r);
+        let scale = host.scale(r);
         let (loss, stats, objectness) = match host.label(r) {
             None => (f32::NAN, RowStats::NAN, f32::NAN),
             Some(label) => {
@@ -318,7 +455,7 @@ with_best_features!(forward_block(
                     (0.0, RowStats::NAN)
                 };
                 let objectness = if host.detection { objectness_row(z[c], z[c + 1], label == c, None) } else { 0.0 };
-                (loss, stats, objectness)
+                (scale * loss, stats, scale * objectness)
             }
         };
         // SAFETY: row r belongs to this thread; the pointers are valid for
@@ -356,14 +493,14 @@ with_best_features!(backward_block(
         let (g_cls, g_obj) = g.split_at_mut(c);
         // SAFETY: row r of the [N, 2] stats, written before this read.
         let row_stats = unsafe { RowStats { lse: *stats.0.add(2 * r), lse_adjusted: *stats.0.add(2 * r + 1) } };
-        let class_scale = scale * HostUpstream::at(up.classes, r);
+        let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
         if label < c {
             class_grad(&host.params, &z[..c], label, host.log_counts, row_stats, class_scale, g_cls);
         } else {
             g_cls.fill(0.0);
         }
         if host.detection {
-            let obj_scale = scale * HostUpstream::at(up.objectness, r);
+            let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
             objectness_row(z[c], z[c + 1], label == c, Some((g_obj, obj_scale)));
         }
     }

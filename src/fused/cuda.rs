@@ -11,7 +11,9 @@ use tch::{Device, Kind, Tensor};
 use super::device::{self, ContextGuard};
 use super::{LossRows, Upstream};
 use crate::call::Call;
-use crate::params::{SeesawParams, COUNT_BLOCK, WARPS_PER_BLOCK};
+use crate::config::Reduction;
+use crate::deferred::ErrorRecord;
+use crate::params::{SeesawParams, COUNT_BLOCK, PREPARE_THREADS, STATE_LEN, WARPS_PER_BLOCK};
 use crate::probe;
 
 pub use super::compile::{
@@ -33,11 +35,12 @@ const ROW_KERNELS: [[&str; 3]; 3] = [
     ["seesaw_backward_f32", "seesaw_backward_f16", "seesaw_backward_bf16"],
     ["seesaw_fused_f32", "seesaw_fused_f16", "seesaw_fused_bf16"],
 ];
+const PREPARE_KERNEL: &str = "seesaw_prepare";
 const COUNT_KERNEL: &str = "seesaw_count";
 
 /// Every kernel of the module.
 pub(crate) fn kernel_names() -> impl Iterator<Item = &'static str> {
-    ROW_KERNELS.into_iter().flatten().chain([COUNT_KERNEL])
+    ROW_KERNELS.into_iter().flatten().chain([PREPARE_KERNEL, COUNT_KERNEL])
 }
 
 /// The row kernel of `pass` for logits of `kind`.
@@ -158,15 +161,50 @@ impl Executor {
     }
 }
 
-/// Compiles and loads the kernels for `device` now, so that a failure is
-/// reported before the counts change.
-pub(crate) fn prepare(device: Device) -> Result<()> {
-    Executor::of(device).map(|_| ())
+/// `seesaw_prepare`: one block checks the batch, counts it into `counts`
+/// (int64, on the labels' device) when it is good, and writes the `[C]` f32
+/// log-count table and the `[STATE_LEN]` int64 call state it returns; a bad
+/// batch's first problem goes to `record`. One launch, no host read.
+pub(crate) fn prepare_call(
+    params: &SeesawParams,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    counts: &Tensor,
+    record: &ErrorRecord,
+) -> Result<(Tensor, Tensor)> {
+    let device = labels.device();
+    let executor = Executor::of(device)?;
+    let labels = labels.contiguous();
+    let weights = weights.map(|w| w.to_kind(Kind::Float).contiguous());
+    let log_counts = Tensor::empty([params.classes as i64], (Kind::Float, device));
+    let state = Tensor::empty([STATE_LEN as i64], (Kind::Int64, device));
+    poison([&log_counts]);
+    let params = SeesawParams {
+        rows: labels.numel() as i64,
+        ..*params
+    };
+    let args = [
+        Arg::Params(params),
+        Arg::of(&labels),
+        Arg::of_optional(weights.as_ref()),
+        Arg::of(counts),
+        Arg::I64(counts.numel() as i64),
+        Arg::of(&log_counts),
+        Arg::of(&state),
+        record.arg(),
+    ];
+    // SAFETY: seesaw_prepare's parameters; live tensors of the lengths
+    // passed (counts int64 and contiguous, checked by the caller), and the
+    // kernel checks every label before it indexes with it.
+    unsafe { executor.launch(PREPARE_KERNEL, 1, PREPARE_THREADS, &args)? };
+    Ok((log_counts, state))
 }
 
 /// `counts[label] += step` for every label in range (int64 counts and labels
-/// on the same CUDA device), with no host round trip.
-pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64) -> Result<()> {
+/// on the same device), with no host round trip; nothing when `state` (a
+/// call state of `seesaw_prepare`) says the batch was bad, as then it was
+/// not counted.
+pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64, state: Option<&Tensor>) -> Result<()> {
     let n = labels.numel() as i64;
     if n == 0 {
         return Ok(());
@@ -180,6 +218,7 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64) -> Result<
         Arg::I64(counts.numel() as i64),
         Arg::I64(step),
         Arg::of(counts),
+        Arg::of_optional(state),
     ];
     // SAFETY: seesaw_count's parameters; live tensors of the lengths passed,
     // and the kernel skips out-of-range labels.
@@ -193,6 +232,7 @@ struct Launch {
     labels: Tensor,
     weights: Option<Tensor>,
     log_counts: Tensor,
+    state: Tensor,
     /// The call's parameters, with `rows` and `row_stride` of `scores`.
     params: SeesawParams,
     width: i64,
@@ -214,12 +254,17 @@ impl Launch {
             row_stride: if n > 1 { scores.stride()[0] } else { width },
             ..call.params
         };
+        let state = call
+            .state
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the kernels need the call state of seesaw_prepare"))?;
         Ok(Launch {
             executor,
             scores,
             labels: call.labels.contiguous(),
             weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
             log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+            state: state.shallow_clone(),
             params,
             width,
         })
@@ -233,33 +278,56 @@ impl Launch {
         self.scores.device()
     }
 
+    fn blocks(&self) -> Result<u32> {
+        u32::try_from((self.n() as u64).div_ceil(WARPS_PER_BLOCK as u64)).context("too many rows for one launch")
+    }
+
     /// Launches `pass` over every row (one warp per row) with the parameter
     /// block and then `args`; nothing for zero rows.
     fn rows(&self, pass: Pass, args: &[Arg]) -> Result<()> {
         if self.n() == 0 {
             return Ok(());
         }
-        let blocks = u32::try_from((self.n() as u64).div_ceil(WARPS_PER_BLOCK as u64))
-            .context("too many rows for one launch")?;
         let kernel = row_kernel(pass, self.scores.kind())?;
-        let args: Vec<Arg> = [Arg::Params(self.params)]
-            .into_iter()
-            .chain(args.iter().copied())
-            .collect();
+        let args: Vec<Arg> = [Arg::Params(self.params)].into_iter().chain(args.iter().copied()).collect();
         // SAFETY: the argument lists below follow the kernels' signatures,
         // and every buffer is a tensor of this call with the shape the
         // kernels' contract names (kernels/seesaw.cu).
-        unsafe { self.executor.launch(kernel, blocks, 32 * WARPS_PER_BLOCK, &args) }
+        unsafe { self.executor.launch(kernel, self.blocks()?, 32 * WARPS_PER_BLOCK, &args) }
     }
 
-    fn loss_rows(&self) -> LossRows {
+    /// The outputs of a loss pass: per-row values, the blocks' partial sums
+    /// and, for a reduction, the reduced parts (0 for zero rows, as a sum
+    /// over nothing is).
+    fn loss_outputs(&self) -> Result<LossOutputs> {
         let device = self.device();
-        let rows = LossRows {
-            class_loss: Tensor::empty([self.n()], (Kind::Float, device)),
-            objectness_loss: (self.params.detection != 0).then(|| Tensor::empty([self.n()], (Kind::Float, device))),
+        let detection = self.params.detection != 0;
+        let rows = LossRows::empty(self.n(), detection, device);
+        let reduced = self.params.reduction() != Reduction::None;
+        let scalar = || {
+            if self.n() == 0 {
+                Tensor::zeros([], (Kind::Float, device))
+            } else {
+                Tensor::empty([], (Kind::Float, device))
+            }
         };
-        poison([&rows.class_loss].into_iter().chain(rows.objectness_loss.as_ref()));
-        rows
+        let outputs = LossOutputs {
+            partials: Tensor::empty([2 * self.blocks()? as i64], (Kind::Float, device)),
+            classes: reduced.then(scalar),
+            objectness: (reduced && detection).then(scalar),
+            rows,
+        };
+        // With zero rows no kernel runs: the reduced parts stay 0.
+        if self.n() > 0 {
+            poison(
+                [&outputs.rows.class_loss]
+                .into_iter()
+                .chain(outputs.rows.objectness_loss.as_ref())
+                .chain(outputs.classes.as_ref())
+                .chain(outputs.objectness.as_ref()),
+            );
+        }
+        Ok(outputs)
     }
 
     fn grad(&self) -> Tensor {
@@ -267,31 +335,40 @@ impl Launch {
         poison([&grad]);
         grad
     }
+}
 
-    /// The arguments seesaw_backward and seesaw_fused start with (after the
-    /// parameter block): the logits, the gradient to write, labels, weights
-    /// and log counts.
-    fn input_args(&self, grad: &Tensor) -> [Arg; 5] {
+/// What a loss pass writes.
+struct LossOutputs {
+    rows: LossRows,
+    partials: Tensor,
+    classes: Option<Tensor>,
+    objectness: Option<Tensor>,
+}
+
+impl LossOutputs {
+    /// `row_class, row_obj, [stats,] partials, out_class, out_obj` as the
+    /// kernels take them.
+    fn args(&self, stats: Option<&Tensor>) -> Vec<Arg> {
         [
-            Arg::of(&self.scores),
-            Arg::of(grad),
-            Arg::of(&self.labels),
-            Arg::of_optional(self.weights.as_ref()),
-            Arg::of(&self.log_counts),
+            Arg::of(&self.rows.class_loss),
+            Arg::of_optional(self.rows.objectness_loss.as_ref()),
         ]
+        .into_iter()
+        .chain(stats.map(Arg::of))
+        .chain([
+            Arg::of(&self.partials),
+            Arg::of_optional(self.classes.as_ref()),
+            Arg::of_optional(self.objectness.as_ref()),
+        ])
+        .collect()
     }
 
-    /// The arguments seesaw_backward and seesaw_fused end with: the upstream
-    /// multipliers and their strides.
-    fn upstream_args(up: &Upstream) -> Vec<Arg> {
-        let multiplier = |t: &Option<Tensor>| match t {
-            Some(t) => [Arg::of(t), Arg::I64(Upstream::stride(t) as i64)],
-            None => [Arg::of_optional(None), Arg::I64(0)],
-        };
-        multiplier(&up.classes)
-            .into_iter()
-            .chain(multiplier(&up.objectness))
-            .collect()
+    /// The parts the call returns: reduced, or per row.
+    fn parts(self) -> (Tensor, Option<Tensor>) {
+        match self.classes {
+            Some(classes) => (classes, self.objectness),
+            None => (self.rows.class_loss, self.rows.objectness_loss),
+        }
     }
 }
 
@@ -305,26 +382,45 @@ fn poison<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
     }
 }
 
-/// The loss pass over every row: unweighted losses and `[N, 2]` row stats.
-pub(crate) fn forward(call: &Call) -> Result<(LossRows, Tensor)> {
+/// The loss pass over every row: the parts, reduced as the call asks, and
+/// the `[N, 2]` row stats.
+pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
-    let rows = l.loss_rows();
+    let out = l.loss_outputs()?;
     let stats = Tensor::empty([l.n(), 2], (Kind::Float, l.device()));
     poison([&stats]);
-    let args = [
+    let args: Vec<Arg> = [
         Arg::of(&l.scores),
         Arg::of(&l.labels),
+        Arg::of_optional(l.weights.as_ref()),
         Arg::of(&l.log_counts),
-        Arg::of(&rows.class_loss),
-        Arg::of_optional(rows.objectness_loss.as_ref()),
-        Arg::of(&stats),
-    ];
+        Arg::of(&l.state),
+    ]
+    .into_iter()
+    .chain(out.args(Some(&stats)))
+    .collect();
     l.rows(Pass::Forward, &args)?;
-    Ok((rows, stats))
+    let (classes, objectness) = out.parts();
+    Ok((classes, objectness, stats))
 }
 
-/// The gradient pass over every row, from the loss pass's stats.
+/// The arguments seesaw_backward and seesaw_fused start with (after the
+/// parameter block): the logits, the gradient to write, labels, weights, log
+/// counts and the call state.
+fn gradient_inputs(l: &Launch, grad: &Tensor) -> [Arg; 6] {
+    [
+        Arg::of(&l.scores),
+        Arg::of(grad),
+        Arg::of(&l.labels),
+        Arg::of_optional(l.weights.as_ref()),
+        Arg::of(&l.log_counts),
+        Arg::of(&l.state),
+    ]
+}
+
+/// The gradient pass over every row, from the loss pass's stats, times the
+/// upstream gradients (read on the device).
 pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
@@ -334,33 +430,29 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
         bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n());
     }
     let up = upstream.on(l.device());
-    let args: Vec<Arg> = l
-        .input_args(&grad)
+    let multiplier = |t: &Option<Tensor>| match t {
+        Some(t) => [Arg::of(t), Arg::I64(Upstream::stride(t) as i64)],
+        None => [Arg::of_optional(None), Arg::I64(0)],
+    };
+    let args: Vec<Arg> = gradient_inputs(&l, &grad)
         .into_iter()
         .chain([Arg::of(&stats)])
-        .chain(Launch::upstream_args(&up))
+        .chain(multiplier(&up.classes))
+        .chain(multiplier(&up.objectness))
         .collect();
     l.rows(Pass::Backward, &args)?;
     Ok(grad)
 }
 
-/// Both passes in one launch: unweighted losses and the gradient scaled by
-/// `upstream`.
-pub(crate) fn forward_backward(call: &Call, upstream: &Upstream) -> Result<(LossRows, Tensor)> {
+/// Both passes in one launch: the parts, reduced as the call asks, and the
+/// gradient of their total.
+pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
-    let rows = l.loss_rows();
+    let out = l.loss_outputs()?;
     let grad = l.grad();
-    let up = upstream.on(l.device());
-    let args: Vec<Arg> = l
-        .input_args(&grad)
-        .into_iter()
-        .chain([
-            Arg::of(&rows.class_loss),
-            Arg::of_optional(rows.objectness_loss.as_ref()),
-        ])
-        .chain(Launch::upstream_args(&up))
-        .collect();
+    let args: Vec<Arg> = gradient_inputs(&l, &grad).into_iter().chain(out.args(None)).collect();
     l.rows(Pass::Fused, &args)?;
-    Ok((rows, grad))
+    let (classes, objectness) = out.parts();
+    Ok((classes, objectness, grad))
 }

@@ -141,3 +141,28 @@ impl Drop for ContextGuard {
         }
     }
 }
+
+/// `bytes` of page-locked host memory mapped into device `ordinal`'s
+/// address space: the host pointer, the device address, and the context
+/// that must outlive it.
+pub(crate) fn alloc_mapped(ordinal: usize, bytes: usize) -> Result<(*mut c_void, u64, Arc<CudaContext>)> {
+    let kernels = kernels(ordinal).map_err(anyhow::Error::msg)?;
+    let _restore = ContextGuard::save()?;
+    kernels.context.bind_to_thread()?;
+    let flags = driver_sys::CU_MEMHOSTALLOC_DEVICEMAP | driver_sys::CU_MEMHOSTALLOC_PORTABLE;
+    // SAFETY: the context is bound; the memory is cleared by the caller.
+    let host = unsafe { driver::malloc_host(bytes, flags) }?;
+    let mut device: driver_sys::CUdeviceptr = 0;
+    // SAFETY: `host` was just allocated with DEVICEMAP in the bound context.
+    if let Err(e) = unsafe { driver_sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) }.result() {
+        free_mapped(host);
+        return Err(e.into());
+    }
+    Ok((host, device, kernels.context.clone()))
+}
+
+/// Frees what [`alloc_mapped`] allocated.
+pub(crate) fn free_mapped(host: *mut c_void) {
+    // SAFETY: `host` came from `malloc_host` and is freed once.
+    let _ = unsafe { driver::free_host(host) };
+}

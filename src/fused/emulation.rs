@@ -92,6 +92,7 @@ mod tests {
             Arg::I64(counts.numel() as i64),
             Arg::I64(1),
             Arg::of(counts),
+            Arg::Buffer { addr: 0, bytes: 0 },
         ]
     }
 
@@ -111,7 +112,7 @@ mod tests {
         args.pop();
         let err = launch("seesaw_count", 1, 32, &args).unwrap_err().to_string();
         assert!(
-            err.contains("seesaw_count takes 5 arguments, the launch passes 4"),
+            err.contains("seesaw_count takes 6 arguments, the launch passes 5"),
             "{err}"
         );
         let mut args = count_args(&labels, &counts);

@@ -1,20 +1,24 @@
-//! The fused paths: the row algorithm of [`crate::math`] as a CUDA kernel
-//! ([`cuda`]) or on CPU threads ([`cpu`]), in two shapes:
+//! The fused paths: the row algorithm of [`crate::math`] as CUDA kernels
+//! ([`cuda`]) or on CPU threads ([`cpu`]), one call in the same steps on
+//! both:
 //!
-//! - through the autograd node ([`crate::autograd`]): forward computes the
-//!   losses and two statistics per row, backward recomputes the adjusted
-//!   softmax and writes the gradient times the upstream gradient; nothing
-//!   N x C lives between them;
-//! - [`forward_backward`]: both passes at once, for callers that want the
-//!   loss and the gradient without autograd.
+//! 1. [`prepare`]: check the batch, count its labels, write the log-count
+//!    table and the call state (`seesaw_prepare` on the kernels);
+//! 2. the rows, through the autograd node ([`crate::autograd`]): forward
+//!    computes the losses, reduced as asked, and two statistics per row;
+//!    backward recomputes the adjusted softmax and writes the gradient times
+//!    the upstream gradient; nothing N x C lives between them;
+//! 3. or [`forward_backward`]: both passes at once, for callers that want
+//!    the loss and the gradient without autograd.
 //!
-//! Weights, `loss_weight` and the reduction are O(N) work done here with
-//! libtorch operations, so both backends only deal with rows.
+//! Weights, `loss_weight`, the reduction and `avg_factor` are applied by the
+//! row passes themselves, with deterministic reductions, so a call makes no
+//! libtorch operation beyond allocating its outputs.
 
 mod compile;
 pub(crate) mod cpu;
 pub mod cuda;
-mod device;
+pub(crate) mod device;
 #[cfg(feature = "testing")]
 mod emulation;
 
@@ -23,8 +27,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::call::{Call, Parts};
 use crate::config::{Head, Reduction};
+use crate::deferred::{BadBatch, ErrorRecord};
+use crate::params::SeesawParams;
 
-/// Unweighted losses per row, as the row passes write them.
+/// Per-row values of a loss pass: `loss_weight * weight * loss`.
 pub(crate) struct LossRows {
     /// `[N]` f32; 0 for background rows.
     pub class_loss: Tensor,
@@ -33,17 +39,19 @@ pub(crate) struct LossRows {
 }
 
 impl LossRows {
-    pub(crate) fn zeros(n: i64, detection: bool, device: Device) -> LossRows {
+    /// Uninitialized rows: the passes write every one.
+    pub(crate) fn empty(n: i64, detection: bool, device: Device) -> LossRows {
         LossRows {
-            class_loss: Tensor::zeros([n], (Kind::Float, device)),
-            objectness_loss: detection.then(|| Tensor::zeros([n], (Kind::Float, device))),
+            class_loss: Tensor::empty([n], (Kind::Float, device)),
+            objectness_loss: detection.then(|| Tensor::empty([n], (Kind::Float, device))),
         }
     }
 }
 
-/// What multiplies each row's gradient besides its weight and `loss_weight`:
-/// f32 tensors of `[N]` values or of one value shared by all rows, on the
-/// scores' device. `None`: that part does not reach the loss.
+/// The upstream gradients of the node's outputs: f32 tensors of `[N]`
+/// values or of one value shared by all rows, on the scores' device. The
+/// row passes divide them by the means' divisors. `None`: that part does not
+/// reach the loss.
 pub(crate) struct Upstream {
     pub classes: Option<Tensor>,
     pub objectness: Option<Tensor>,
@@ -53,8 +61,11 @@ impl Upstream {
     /// Contiguous 1-D f32 copies on `device` (no copy when they already are).
     pub(crate) fn on(&self, device: Device) -> Upstream {
         let place = |t: &Option<Tensor>| {
-            t.as_ref()
-                .map(|t| t.to_device(device).to_kind(Kind::Float).contiguous().view([-1]))
+            t.as_ref().map(|t| {
+                let t = if t.device() == device { t.shallow_clone() } else { t.to_device(device) };
+                let t = if t.kind() == Kind::Float { t } else { t.to_kind(Kind::Float) };
+                t.contiguous().view([-1])
+            })
         };
         Upstream {
             classes: place(&self.classes),
@@ -117,6 +128,53 @@ pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<String> {
     }
 }
 
+/// What the prepare step of a call leaves for its rows.
+pub(crate) struct Prepared {
+    /// `[C]` f32 `log(max(n, 1))`, the batch counted.
+    pub log_counts: Tensor,
+    /// `[STATE_LEN]` int64 call state.
+    pub state: Tensor,
+    /// The batch's first problem, when the host knows it now (the CPU
+    /// mirror); the kernels put theirs in the error record.
+    pub bad: Option<BadBatch>,
+}
+
+/// The prepare step of a fused call: checks the batch, adds its labels to
+/// `counts` (int64) when it is good, and writes the log-count table and the
+/// call state. One kernel launch on the kernel path (its problems go to
+/// `record`), host code on the CPU mirror.
+pub(crate) fn prepare(
+    params: &SeesawParams,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    counts: &Tensor,
+    record: Option<&ErrorRecord>,
+) -> Result<Prepared> {
+    match rows_on(labels.device())? {
+        RowsOn::Mirror => {
+            let (log_counts, state, bad) = cpu::prepare(params, labels, weights, counts)?;
+            Ok(Prepared { log_counts, state, bad })
+        }
+        RowsOn::Kernel => {
+            let record = record.ok_or_else(|| anyhow::anyhow!("the kernel path needs an error record"))?;
+            let (log_counts, state) = cuda::prepare_call(params, labels, weights, counts, record)?;
+            Ok(Prepared {
+                log_counts,
+                state,
+                bad: None,
+            })
+        }
+    }
+}
+
+/// The call state of a batch checked elsewhere, whose `positive` rows are
+/// all its rows (a classification head's).
+pub(crate) fn good_batch_state(positive: i64, device: Device) -> Tensor {
+    let mut state = vec![0i64; crate::params::STATE_LEN as usize];
+    state[crate::params::STATE_POSITIVE as usize] = positive;
+    Tensor::from_slice(&state).to_device(device)
+}
+
 /// The loss through the autograd node: what `SeesawLoss::forward` returns on
 /// the fused path.
 pub(crate) fn forward(call: &Call) -> Result<Parts> {
@@ -130,34 +188,24 @@ pub(crate) fn forward(call: &Call) -> Result<Parts> {
 /// Loss pass of the node's forward: the reduced parts (per row for
 /// [`Reduction::None`]) and the row stats its backward needs.
 pub(crate) fn node_forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
-    let (rows, stats) = match rows_on(call.scores.device())? {
-        RowsOn::Mirror => cpu::forward(call)?,
-        RowsOn::Kernel => cuda::forward(call)?,
-    };
-    let (classes, objectness) = reduce(call, rows, mean_divisors(call).as_ref());
-    Ok((classes, objectness, stats))
+    match rows_on(call.scores.device())? {
+        RowsOn::Mirror => cpu::forward(call),
+        RowsOn::Kernel => cuda::forward(call),
+    }
 }
 
 /// Gradient pass of the node's backward. `g_classes` / `g_objectness` are
 /// the upstream gradients of the node's outputs (`None` when an output did not
-/// reach the loss).
+/// reach the loss); the passes read them where they are.
 pub(crate) fn node_backward(
     call: &Call,
     stats: &Tensor,
     g_classes: Option<Tensor>,
     g_objectness: Option<Tensor>,
 ) -> Result<Tensor> {
-    let divisors = mean_divisors(call);
-    let scaled = |g: Tensor, divisor: Option<&Divisor>| {
-        let g = in_kind(g, Kind::Float);
-        match divisor {
-            Some(d) => d.divide(g, 1.0),
-            None => g,
-        }
-    };
     let upstream = Upstream {
-        classes: g_classes.map(|g| scaled(g, divisors.as_ref().map(|d| &d.0))),
-        objectness: g_objectness.map(|g| scaled(g, divisors.as_ref().map(|d| &d.1))),
+        classes: g_classes,
+        objectness: g_objectness,
     };
     match rows_on(call.scores.device())? {
         RowsOn::Mirror => cpu::backward(call, stats, &upstream),
@@ -168,27 +216,10 @@ pub(crate) fn node_backward(
 /// The loss (detached) and the gradient of its total with respect to the
 /// scores, from one fused pass.
 pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
-    let divisors = mean_divisors(call);
-    // The gradient of the total: one over each part's mean divisor, else 1.
-    let detection = call.head() == Head::Detection;
-    let upstream = match &divisors {
-        Some((c, o)) => Upstream {
-            classes: Some(c.reciprocal(call)),
-            objectness: detection.then(|| o.reciprocal(call)),
-        },
-        None => {
-            let one = scalar(1.0, call);
-            Upstream {
-                classes: Some(one.shallow_clone()),
-                objectness: detection.then_some(one),
-            }
-        }
+    let (classes, objectness, grad) = match rows_on(call.scores.device())? {
+        RowsOn::Mirror => cpu::forward_backward(call)?,
+        RowsOn::Kernel => cuda::forward_backward(call)?,
     };
-    let (rows, grad) = match rows_on(call.scores.device())? {
-        RowsOn::Mirror => cpu::forward_backward(call, &upstream)?,
-        RowsOn::Kernel => cuda::forward_backward(call, &upstream)?,
-    };
-    let (classes, objectness) = reduce(call, rows, divisors.as_ref());
     Ok((
         Parts {
             classes: select_positive(call, classes),
@@ -196,108 +227,6 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
         },
         grad,
     ))
-}
-
-/// Applies weights, `loss_weight` and the reduction to per-row losses. With
-/// [`Reduction::None`] the class part keeps every row (background rows hold
-/// 0); [`select_positive`] drops them. `mean` is [`mean_divisors`]'s result.
-/// Few operations: at small N each one's dispatch costs more than its work.
-fn reduce(call: &Call, rows: LossRows, mean: Option<&(Divisor, Divisor)>) -> (Tensor, Option<Tensor>) {
-    let kind = call.compute_kind;
-    let weigh = |loss: Tensor| {
-        let loss = in_kind(loss, kind);
-        match &call.weights {
-            Some(w) => loss * w,
-            None => loss,
-        }
-    };
-    let finish = |rows: Tensor, divisor: Option<&Divisor>| match (call.reduction(), divisor) {
-        (Reduction::None, _) => times(rows, call.exact.loss_weight),
-        (_, None) => times(rows.sum(kind), call.exact.loss_weight),
-        (_, Some(d)) => d.divide(rows.sum(kind), call.exact.loss_weight),
-    };
-    let classes = finish(weigh(rows.class_loss), mean.map(|m| &m.0));
-    let objectness = rows.objectness_loss.map(|l| finish(weigh(l), mean.map(|m| &m.1)));
-    (classes, objectness)
-}
-
-/// `t` in `kind`, with no operation when it already is.
-fn in_kind(t: Tensor, kind: Kind) -> Tensor {
-    if t.kind() == kind {
-        t
-    } else {
-        t.to_kind(kind)
-    }
-}
-
-/// `t * factor`, with no operation for a factor of 1.
-fn times(t: Tensor, factor: f64) -> Tensor {
-    if factor == 1.0 {
-        t
-    } else {
-        t * factor
-    }
-}
-
-/// A 0-dim f32 tensor on the scores' device, filled there: a host-to-device
-/// copy of a scalar would make the host wait for the stream.
-fn scalar(v: f64, call: &Call) -> Tensor {
-    Tensor::full([], v, (Kind::Float, call.scores.device()))
-}
-
-/// What a [`Reduction::Mean`] sum of one part is divided by.
-enum Divisor {
-    /// Known on the host: `avg_factor + f32::EPSILON`, or the row count.
-    Known(f64),
-    /// The positive rows of a detection head's class part (at least 1), as
-    /// a 0-dim f32 tensor counted on the device, when the call's host read
-    /// did not bring them (`device_checks_on_host(false)`): reading it back
-    /// would make the host wait for the GPU.
-    Counted(Tensor),
-}
-
-impl Divisor {
-    /// `t / divisor * factor`.
-    fn divide(&self, t: Tensor, factor: f64) -> Tensor {
-        match self {
-            Divisor::Known(d) => times(t, factor / d),
-            Divisor::Counted(n) => times(t / n, factor),
-        }
-    }
-
-    /// One over the divisor, as a 0-dim f32 tensor on the scores' device.
-    fn reciprocal(&self, call: &Call) -> Tensor {
-        match self {
-            Divisor::Known(d) => scalar(1.0 / d, call),
-            Divisor::Counted(n) => n.reciprocal(),
-        }
-    }
-}
-
-/// The divisors of a [`Reduction::Mean`], per part (classes, objectness):
-/// `avg_factor + f32::EPSILON` when given, else the part's row count
-/// (positive rows of a detection head's class part). `None` for the other
-/// reductions, which divide nothing.
-fn mean_divisors(call: &Call) -> Option<(Divisor, Divisor)> {
-    if call.reduction() != Reduction::Mean {
-        return None;
-    }
-    if let Some(avg) = call.avg_factor() {
-        let d = avg + f32::EPSILON as f64;
-        return Some((Divisor::Known(d), Divisor::Known(d)));
-    }
-    let all = call.labels.size()[0].max(1) as f64;
-    let classes = match call.head() {
-        Head::Classification => Divisor::Known(all),
-        Head::Detection => match call.positive_rows() {
-            Some(n) => Divisor::Known(n.max(1) as f64),
-            None => {
-                let _guard = tch::no_grad_guard();
-                Divisor::Counted(call.labels.lt(call.num_classes()).sum(Kind::Float).clamp_min(1.0))
-            }
-        },
-    };
-    Some((classes, Divisor::Known(all)))
 }
 
 /// [`Reduction::None`] on the detection head: one class-loss entry per

@@ -3,7 +3,7 @@
 //! (`tests/kernel_emulation.rs`). `dev` is the device the tensors live on.
 
 use super::*;
-use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
+use seesaw_loss::{Backend, Checks, Reduction, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 /// `cases` of the sweep against the reference path on the same device;
@@ -24,9 +24,12 @@ pub fn counts_update_matches_the_host(dev: Device, rows: i64) {
     assert_eq!(to_i64(&loss.cum_samples()), to_i64(&want));
 }
 
+/// `Checks::Immediate`: the call itself returns the error, before anything
+/// changes.
 pub fn out_of_range_labels_are_errors_not_faults(dev: Device) {
     let vs = nn::VarStore::new(dev);
-    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3).backend(Backend::Fused)).unwrap();
+    let config = SeesawConfig::detection(3).backend(Backend::Fused).checks(Checks::Immediate);
+    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
     let x = Tensor::zeros([2, 5], (Kind::Float, dev));
     let err = loss
         .forward(&x, &Tensor::from_slice(&[0i64, 1000]).to_device(dev), None, None)
@@ -86,57 +89,70 @@ pub fn node_and_forward_backward_match_the_reference(dev: Device) {
     }
 }
 
-/// `device_checks_on_host(false)`: bad labels give NaN rows and zero
-/// gradients, are not counted, and never fault.
-pub fn without_host_checks_bad_labels_give_nan_rows(dev: Device) {
+/// The default on the kernels, `Checks::Deferred`: a bad batch (a label out
+/// of range, a weight that is not finite) changes nothing (its loss is NaN,
+/// its gradient zero, its labels are not counted, nothing faults) and the
+/// next call, or `check()`, returns the error naming the row and the value.
+pub fn a_deferred_bad_batch_changes_nothing_and_errors_later(dev: Device) {
     let vs = nn::VarStore::new(dev);
-    let config = SeesawConfig::detection(3).device_checks_on_host(false);
-    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3)).unwrap();
     let scores = Tensor::randn([4, 5], (Kind::Float, dev)).set_requires_grad(true);
-    let labels = Tensor::from_slice(&[0i64, 9, 3, -1]).to_device(dev);
+    let good = Tensor::from_slice(&[0i64, 2, 3, 1]).to_device(dev);
+    let bad = Tensor::from_slice(&[0i64, 9, 3, -1]).to_device(dev);
     let out = loss
-        .forward_with_reduction(&scores, &labels, None, None, Reduction::Sum)
+        .forward_with_reduction(&scores, &bad, None, None, Reduction::Sum)
         .unwrap();
     assert!(out.total().double_value(&[]).is_nan());
     out.total().backward();
-    let grad = scores.grad().to_device(Device::Cpu);
-    assert_eq!(grad.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
-    assert_eq!(grad.get(3).abs().sum(Kind::Float).double_value(&[]), 0.0);
-    // Rows 0 and 2 (good labels) are finite.
-    assert!(bool::try_from(grad.get(0).isfinite().all()).unwrap());
-    assert!(bool::try_from(grad.get(2).isfinite().all()).unwrap());
-    assert_eq!(to_i64(&loss.cum_samples()), [1, 0, 0, 1]);
-    let (out, grad) = loss.forward_backward(&scores, &labels, None, None).unwrap();
+    assert_eq!(scores.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+    // The next call reports it and changes nothing either; the one after runs.
+    let err = loss.forward(&scores, &good, None, None).unwrap_err().to_string();
+    assert!(err.contains("found label 9 at row 1") && err.contains("earlier call"), "{err}");
+    assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
+    loss.forward(&scores, &good, None, None).unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [1, 1, 1, 1]);
+    // forward_backward, a weight that is not finite, and `check`.
+    let weights = Tensor::from_slice(&[1.0f32, f32::INFINITY, 1.0, 1.0]).to_device(dev);
+    let (out, grad) = loss.forward_backward(&scores, &good, Some(&weights), None).unwrap();
     assert!(out.total().double_value(&[]).is_nan());
-    assert_eq!(grad.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
-    assert_eq!(to_i64(&loss.cum_samples()), [2, 0, 0, 2]);
+    assert_eq!(grad.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    let err = loss.check().unwrap_err().to_string();
+    assert!(err.contains("label_weights must be finite, found inf at row 1"), "{err}");
+    loss.check().unwrap();
+    assert_eq!(to_i64(&loss.cum_samples()), [1, 1, 1, 1]);
 }
 
-/// A call that fails after counting takes its batch back out through the
-/// count kernel, which skips labels the host never checked.
-pub fn a_failed_call_without_host_checks_takes_its_batch_back_out(dev: Device) {
+/// A call that fails after its prepare step takes its batch back out of the
+/// counts, through the count kernel, which leaves a batch the prepare step
+/// found bad alone (it counted nothing).
+pub fn a_failed_call_takes_its_batch_back_out(dev: Device) {
     let vs = nn::VarStore::new(dev);
-    let config = SeesawConfig::detection(3).device_checks_on_host(false);
-    let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(3)).unwrap();
     let scores = Tensor::randn([4, 5], (Kind::Float, dev));
-    let labels = Tensor::from_slice(&[0i64, 9, 3, 2]).to_device(dev);
+    let labels = Tensor::from_slice(&[0i64, 3, 3, 2]).to_device(dev);
     loss.forward(&scores, &labels, None, None).unwrap();
     let before = to_i64(&loss.cum_samples());
-    assert_eq!(before, [1, 0, 1, 1]);
+    assert_eq!(before, [1, 0, 1, 2]);
     // Forward callbacks run on the calling thread, where the fault is armed.
     seesaw_loss::testing::inject(seesaw_loss::testing::Fault::ForwardError);
     assert!(loss.forward(&scores, &labels, None, None).is_err());
     assert_eq!(to_i64(&loss.cum_samples()), before);
+    let bad = Tensor::from_slice(&[0i64, 9, 3, 2]).to_device(dev);
+    seesaw_loss::testing::inject(seesaw_loss::testing::Fault::ForwardError);
+    assert!(loss.forward(&scores, &bad, None, None).is_err());
+    assert_eq!(to_i64(&loss.cum_samples()), before);
+    assert!(loss.check().unwrap_err().to_string().contains("found label 9"));
 }
 
-/// `device_checks_on_host(false)` with good labels: the mean of a detection
+/// The default configuration with good labels: the mean of a detection
 /// head's class part divides by positive rows counted on the device (no host
 /// read brings them), and the loss and gradients equal the reference path's,
 /// through the node and through `forward_backward`, over two steps.
-pub fn without_host_checks_matches_the_reference(dev: Device) {
+pub fn the_default_matches_the_reference(dev: Device) {
     let (c, n) = (80, 512);
     let vs = nn::VarStore::new(dev);
-    let device_checked = SeesawConfig::detection(c).device_checks_on_host(false);
+    let device_checked = SeesawConfig::detection(c);
     let mut node = SeesawLoss::new(vs.root() / "node", device_checked.clone()).unwrap();
     let mut fb = SeesawLoss::new(vs.root() / "fb", device_checked).unwrap();
     let mut reference = SeesawLoss::new(
