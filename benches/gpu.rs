@@ -26,7 +26,7 @@ mod common;
 use anyhow::{Context, Result};
 use common::SHAPES;
 use cudarc::driver::{sys::CUevent_flags, CudaContext, CudaStream};
-use seesaw_loss::{Backend, SeesawLoss};
+use seesaw_loss::{Backend, Checks, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 const RUNS: usize = 50;
@@ -77,17 +77,21 @@ enum Method {
     CrossEntropyStep,
 }
 
-/// Each method with its label and whether the loss checks labels and counts
-/// on the host (the default: one host read per call, so the step waits for
-/// the GPU) or leaves that to the device (`device_checks_on_host(false)`: no
-/// host waits). The reference path always checks on the host.
-const METHODS: [(Method, &str, bool); 6] = [
-    (Method::NodeStep, "fused step (node)", true),
-    (Method::NodeStep, "fused step, device checks", false),
-    (Method::ForwardBackward, "fused forward_backward", true),
-    (Method::ForwardBackward, "forward_backward, dev chk", false),
-    (Method::ReferenceStep, "reference step", true),
-    (Method::CrossEntropyStep, "cross-entropy step", true),
+/// Each method with its label and its checks: deferred (the CUDA default:
+/// no host read, the step never waits for the GPU) or immediate (one host
+/// read per call, so the step waits). The reference path always checks
+/// immediately.
+const METHODS: [(Method, &str, Checks); 6] = [
+    (Method::NodeStep, "fused step (node)", Checks::Deferred),
+    (Method::NodeStep, "fused step, immediate", Checks::Immediate),
+    (Method::ForwardBackward, "fused forward_backward", Checks::Deferred),
+    (
+        Method::ForwardBackward,
+        "forward_backward, immediate",
+        Checks::Immediate,
+    ),
+    (Method::ReferenceStep, "reference step", Checks::Immediate),
+    (Method::CrossEntropyStep, "cross-entropy step", Checks::Immediate),
 ];
 
 fn run_method(method: Method, loss: &mut SeesawLoss, x: &Tensor, y: &Tensor) -> Result<()> {
@@ -142,14 +146,14 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
             let floor_bytes = 2.0 * (shape.rows * shape.width()) as f64 * elem;
             let floor_ms = floor_bytes / bandwidth * 1e3;
             let mut results = Vec::new();
-            for (method, name, host_checks) in METHODS {
+            for (method, name, checks) in METHODS {
                 let vs = nn::VarStore::new(device);
                 let backend = if method == Method::ReferenceStep {
                     Backend::Reference
                 } else {
                     Backend::Fused
                 };
-                let config = shape.config(backend).device_checks_on_host(host_checks);
+                let config = shape.config(backend).checks(checks);
                 let mut loss = SeesawLoss::new(vs.root(), config)?;
                 let ms = timer.median_ms(|i| {
                     let (x, y) = &inputs[i % ROTATE];
@@ -189,22 +193,49 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
     let shape = common::lvis_8192();
     let inputs = shape.inputs(ROTATE, Kind::Float, device);
     println!();
-    for host_checks in [true, false] {
+    for checks in [Checks::Deferred, Checks::Immediate] {
         let vs = nn::VarStore::new(device);
-        let config = shape.config(Backend::Fused).device_checks_on_host(host_checks);
+        let config = shape.config(Backend::Fused).checks(checks);
         let mut loss = SeesawLoss::new(vs.root(), config)?;
         // Compiles the kernels and warms the allocator before the check.
         run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1)?;
         let (waited, host_ms) = host_waits(device, &mut || {
             run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1)
         })?;
+        print_step_counts(&mut || run_method(Method::NodeStep, &mut loss, &inputs[0].0, &inputs[0].1))?;
         println!(
-            "host waits for the GPU during a fused step ({} N={}, device_checks_on_host({host_checks})): {} (host side of the step {host_ms:.3} ms)",
+            "host waits for the GPU during a fused step ({} N={}, {checks:?} checks): {} (host side of the step {host_ms:.3} ms)",
             shape.name,
             shape.rows,
             if waited { "yes" } else { "no" }
         );
     }
+    Ok(())
+}
+
+/// Crate kernel launches, libtorch launches and host reads of one step
+/// (feature `testing`, which scripts/gpu-pack.sh builds with).
+#[cfg(feature = "testing")]
+fn print_step_counts(step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    use seesaw_loss::testing;
+    let (launches, ops, reads) = (
+        testing::kernel_launches(),
+        testing::libtorch_ops(),
+        testing::host_reads(),
+    );
+    step()?;
+    println!(
+        "one step: {} crate kernel launches, {} libtorch launches, {} host reads",
+        testing::kernel_launches() - launches,
+        testing::libtorch_ops().launches - ops.launches,
+        testing::host_reads() - reads
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "testing"))]
+fn print_step_counts(_step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    println!("(build with --features testing for launch and host-read counts)");
     Ok(())
 }
 

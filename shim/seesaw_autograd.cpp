@@ -226,14 +226,15 @@ extern "C" int64_t seesaw_shared_constants(double* out, int64_t len) {
 
 // Operator counter of seesaw_loss::testing::libtorch_ops: a global
 // RecordFunction observer (it sees every dispatcher call on every thread,
-// nested ones included). A call that makes no nested call is a leaf; a leaf
-// that is not a view, an allocation or a no-op conversion is what would be
-// a device launch on CUDA.
+// nested ones included). An aten operator is a launch, as it would be on
+// CUDA, when it is not a view, an allocation or a no-op conversion, and none
+// of its nested calls is a launch: so `cross_entropy` counts as its parts,
+// and `_log_softmax` (whose only nested call allocates its output) as one.
 namespace {
 
 std::atomic<uint64_t> op_calls{0};
 std::atomic<uint64_t> op_launches{0};
-// Per thread: whether each open call has made a nested call.
+// Per thread: whether each open call has a nested call that launched.
 thread_local std::vector<bool> open_calls;
 
 bool launches_nothing(const char* name) {
@@ -246,6 +247,7 @@ bool launches_nothing(const char* name) {
         "aten::_to_copy",   "aten::requires_grad_", "aten::set_requires_grad", "aten::result_type",
         "aten::is_nonzero", "aten::_local_scalar_dense", "aten::item", "aten::size", "aten::stride",
     };
+    if (std::strncmp(name, "aten::", 6) != 0) return true;  // autograd's own records, tch's
     for (const char* n : names)
         if (std::strcmp(n, name) == 0) return true;
     return false;
@@ -253,16 +255,17 @@ bool launches_nothing(const char* name) {
 
 std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction&) {
     op_calls.fetch_add(1);
-    if (!open_calls.empty()) open_calls.back() = true;
     open_calls.push_back(false);
     return nullptr;
 }
 
 void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
     if (open_calls.empty()) return;  // entered before the observer was installed
-    const bool had_nested = open_calls.back();
+    const bool nested_launched = open_calls.back();
     open_calls.pop_back();
-    if (!had_nested && !launches_nothing(fn.name())) op_launches.fetch_add(1);
+    const bool launches = !nested_launched && !launches_nothing(fn.name());
+    if (launches) op_launches.fetch_add(1);
+    if (!open_calls.empty() && (launches || nested_launched)) open_calls.back() = true;
 }
 
 }  // namespace

@@ -21,9 +21,7 @@ use tch::Device;
 
 use crate::config::{Head, SeesawConfig};
 use crate::fused::cuda::Arg;
-use crate::params::{
-    ERROR_COUNT, ERROR_KIND, ERROR_LABEL, ERROR_LEN, ERROR_ROW, ERROR_SET, ERROR_VALUE, ERROR_WEIGHT,
-};
+use crate::params::{ERROR_COUNT, ERROR_KIND, ERROR_LABEL, ERROR_LEN, ERROR_ROW, ERROR_SET, ERROR_VALUE, ERROR_WEIGHT};
 
 /// What was wrong with a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +53,10 @@ impl BadBatch {
                     Head::Classification => format!("[0, {c})"),
                 };
                 let negative = if self.value < 0 { "negative " } else { "" };
-                format!("labels must be in {allowed}, found {negative}label {} at row {}", self.value, self.row)
+                format!(
+                    "labels must be in {allowed}, found {negative}label {} at row {}",
+                    self.value, self.row
+                )
             }
             Problem::Weight => format!(
                 "label_weights must be finite, found {} at row {}",
@@ -173,6 +174,8 @@ impl ErrorRecord {
 
 impl Drop for ErrorRecord {
     fn drop(&mut self) {
+        // Without the `testing` feature, mapped memory is the only kind.
+        #[allow(irrefutable_let_patterns)]
         if let Memory::Mapped { host, .. } = self.memory {
             crate::fused::device::free_mapped(host as *mut std::ffi::c_void);
         }

@@ -78,8 +78,14 @@ pub fn seesaw_ce_loss(
     // form skips (it counts nothing): a good batch whose rows are all
     // positive.
     let state = fused.then(|| fused::good_batch_state(rows, device));
-    let log_counts = if fused { log_counts.to_kind(tch::Kind::Float) } else { log_counts };
-    let call = Call::new(&config, cls_score, labels, weights, log_counts, state, reduction, avg_factor);
+    let log_counts = if fused {
+        log_counts.to_kind(tch::Kind::Float)
+    } else {
+        log_counts
+    };
+    let call = Call::new(
+        &config, cls_score, labels, weights, log_counts, state, reduction, avg_factor,
+    );
     let parts = if fused {
         fused::forward(&call)?
     } else {

@@ -63,10 +63,18 @@ impl SeesawOutput {
     /// assert_eq!(out.total().double_value(&[]), 2.0);
     /// ```
     pub fn total(&self) -> Tensor {
-        let classes = self.classes.sum(self.classes.kind());
+        // A reduced part is already a scalar: summing it again would be one
+        // more operation (one more launch on a GPU) for nothing.
+        let scalar = |t: &Tensor| {
+            if t.dim() == 0 {
+                t.shallow_clone()
+            } else {
+                t.sum(t.kind())
+            }
+        };
         match &self.objectness {
-            Some(obj) => classes + obj.sum(obj.kind()),
-            None => classes,
+            Some(obj) => scalar(&self.classes) + scalar(obj),
+            None => scalar(&self.classes),
         }
     }
 }
@@ -327,7 +335,9 @@ impl SeesawLoss {
             let report = inputs::inspect(&labels, Some(self.counts.raw()), weights.as_ref())?;
             inputs::check_label_range(config, report.label_range)?;
             if report.bad_weights {
-                bail!("label_weights must be finite, found NaN or an infinite weight; the counts were left as they are");
+                bail!(
+                    "label_weights must be finite, found NaN or an infinite weight; the counts were left as they are"
+                );
             }
             if report.bad_counts {
                 bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
@@ -338,7 +348,9 @@ impl SeesawLoss {
             // From here on the inputs are known good: the counts take the batch.
             self.counts.add(&labels, 1)?;
             let log_counts = self.counts.log_counts(config.num_classes(), compute_kind);
-            let call = Call::new(config, cls_score, labels, weights, log_counts, None, reduction, avg_factor);
+            let call = Call::new(
+                config, cls_score, labels, weights, log_counts, None, reduction, avg_factor,
+            );
             return compute(&call, false).map_err(|e| match self.counts.add(&call.labels, -1) {
                 Ok(()) => e,
                 Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
@@ -351,7 +363,13 @@ impl SeesawLoss {
             self.record = Some(ErrorRecord::new(device)?);
         }
         let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
-        let prepared = fused::prepare(&params, &labels, weights.as_ref(), self.counts.raw(), self.record.as_ref())?;
+        let prepared = fused::prepare(
+            &params,
+            &labels,
+            weights.as_ref(),
+            self.counts.raw(),
+            self.record.as_ref(),
+        )?;
         let counted = prepared.bad.is_none();
         if let Some(bad) = prepared.bad {
             match checks {
@@ -388,7 +406,10 @@ impl SeesawLoss {
     /// Returns the error of an earlier call's bad batch that has been found
     /// since (and forgets it), without waiting for the device.
     fn report_deferred(&mut self) -> Result<()> {
-        let found = self.pending.take().or_else(|| self.record.as_mut().and_then(ErrorRecord::take));
+        let found = self
+            .pending
+            .take()
+            .or_else(|| self.record.as_mut().and_then(ErrorRecord::take));
         match found {
             Some(bad) => bail!(bad.message(&self.config, true)),
             None => Ok(()),

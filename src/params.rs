@@ -155,7 +155,14 @@ mod tests {
         // SAFETY: as above.
         let n = unsafe { seesaw_shared_constants(c.as_mut_ptr(), c.len() as i64) };
         c.truncate(n as usize);
-        let rust = [WARPS_PER_BLOCK, COUNT_BLOCK, UNDERFLOW as u32, PREPARE_THREADS, STATE_LEN, ERROR_LEN];
+        let rust = [
+            WARPS_PER_BLOCK,
+            COUNT_BLOCK,
+            UNDERFLOW as u32,
+            PREPARE_THREADS,
+            STATE_LEN,
+            ERROR_LEN,
+        ];
         assert_eq!(c[2], UNDERFLOW as f64);
         for (i, (c, rust)) in c.iter().zip(rust).enumerate() {
             if i != 2 {

@@ -74,8 +74,9 @@ pub fn host_reads() -> u64 {
 pub struct OpCounts {
     /// Every operator call, nested ones included.
     pub calls: u64,
-    /// Calls that would be a device launch: leaves (calls that make no
-    /// nested call) other than views, allocations and no-op conversions.
+    /// Calls that would be a device launch: aten operators other than views,
+    /// allocations and no-op conversions none of whose nested calls counts
+    /// (so a composite counts as its parts).
     pub launches: u64,
 }
 

@@ -219,14 +219,28 @@ fn cpu_calls_check_immediately_by_default() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), det()).unwrap();
     let err = loss
-        .forward(&zeros(&[2, 5], Kind::Float), &Tensor::from_slice(&[0i64, 4]), None, None)
+        .forward(
+            &zeros(&[2, 5], Kind::Float),
+            &Tensor::from_slice(&[0i64, 4]),
+            None,
+            None,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("found label 4 at row 1"), "{err}");
     let weights = Tensor::from_slice(&[f32::NAN, 1.0]);
     let err = loss
-        .forward(&zeros(&[2, 5], Kind::Float), &Tensor::from_slice(&[0i64, 3]), Some(&weights), None)
+        .forward(
+            &zeros(&[2, 5], Kind::Float),
+            &Tensor::from_slice(&[0i64, 3]),
+            Some(&weights),
+            None,
+        )
         .unwrap_err();
-    assert!(err.to_string().contains("label_weights must be finite, found NaN at row 0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("label_weights must be finite, found NaN at row 0"),
+        "{err}"
+    );
     assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
 }
 
@@ -238,11 +252,19 @@ fn deferred_checks_on_the_cpu_mirror_report_on_the_next_call() {
     let out = loss.forward(&x, &Tensor::from_slice(&[0i64, 4]), None, None).unwrap();
     assert!(out.total().double_value(&[]).is_nan());
     assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
-    let err = loss.forward(&x, &Tensor::from_slice(&[0i64, 3]), None, None).unwrap_err();
+    let err = loss
+        .forward(&x, &Tensor::from_slice(&[0i64, 3]), None, None)
+        .unwrap_err();
     assert!(err.to_string().contains("found label 4 at row 1"), "{err}");
     loss.forward(&x, &Tensor::from_slice(&[0i64, 3]), None, None).unwrap();
     assert_eq!(to_i64(&loss.cum_samples()), [1, 0, 0, 1]);
     // The reference path checks immediately whatever the setting.
-    let mut reference = SeesawLoss::new(vs.root() / "r", det().checks(Checks::Deferred).backend(Backend::Reference)).unwrap();
-    assert!(reference.forward(&x, &Tensor::from_slice(&[0i64, 4]), None, None).is_err());
+    let mut reference = SeesawLoss::new(
+        vs.root() / "r",
+        det().checks(Checks::Deferred).backend(Backend::Reference),
+    )
+    .unwrap();
+    assert!(reference
+        .forward(&x, &Tensor::from_slice(&[0i64, 4]), None, None)
+        .is_err());
 }

@@ -39,11 +39,15 @@ pub(crate) fn prepare(
         counts.kind() == Kind::Int64 && counts.is_contiguous() && counts.device() == Device::Cpu,
         "cum_samples must be a contiguous int64 CPU tensor here"
     );
-    let labels = labels.contiguous();
-    let weights = weights.map(|w| w.to_kind(Kind::Float).contiguous());
+    let labels = as_contiguous(labels, Kind::Int64);
+    let weights = weights.map(|w| as_contiguous(w, Kind::Float));
     let n = labels.numel();
     let classes = params.classes as usize;
-    let max_label = if params.detection != 0 { classes as i64 } else { classes as i64 - 1 };
+    let max_label = if params.detection != 0 {
+        classes as i64
+    } else {
+        classes as i64 - 1
+    };
     // SAFETY: contiguous CPU tensors of these kinds and lengths.
     let (label_values, weight_values, count_values) = unsafe {
         (
@@ -75,18 +79,38 @@ pub(crate) fn prepare(
             value: count_values[j],
         })
     });
-    let positive = label_values.iter().filter(|&&l| (0..classes as i64).contains(&l)).count() as i64;
+    let positive = label_values
+        .iter()
+        .filter(|&&l| (0..classes as i64).contains(&l))
+        .count() as i64;
     if bad.is_none() {
         for &label in label_values {
             let counter = &mut count_values[label as usize];
             *counter = counter.checked_add(1).unwrap_or(i64::MAX);
         }
     }
-    let log_counts: Vec<f32> = count_values[..classes].iter().map(|&c| (c.max(1) as f32).ln()).collect();
-    let mut state = vec![0i64; STATE_LEN as usize];
+    let log_counts = host_tensor(count_values[..classes].iter().map(|&c| (c.max(1) as f32).ln()));
+    let mut state = [0i64; STATE_LEN as usize];
     state[STATE_BAD as usize] = bad.is_some() as i64;
     state[STATE_POSITIVE as usize] = positive;
-    Ok((Tensor::from_slice(&log_counts), Tensor::from_slice(&state), bad))
+    Ok((log_counts, host_tensor(state.into_iter()), bad))
+}
+
+/// A 1-D CPU tensor of `values`, written in place: `Tensor::from_slice`
+/// would fill it with zeros first (two more libtorch operations).
+fn host_tensor<T: tch::kind::Element + Copy>(values: impl ExactSizeIterator<Item = T>) -> Tensor {
+    let t = Tensor::empty([values.len() as i64], (T::KIND, Device::Cpu));
+    let data = t.data_ptr() as *mut T;
+    for (i, v) in values.enumerate() {
+        // SAFETY: a fresh contiguous tensor of `values.len()` elements of T.
+        unsafe { data.add(i).write(v) };
+    }
+    t
+}
+
+/// A 0-dim f32 CPU tensor, written in place.
+fn host_scalar(v: f32) -> Tensor {
+    host_tensor(std::iter::once(v)).view([])
 }
 
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
@@ -115,6 +139,21 @@ struct Inputs {
     state: [i64; STATE_LEN as usize],
 }
 
+/// `t` as a contiguous tensor of `kind`, with no operation when it already
+/// is one (each libtorch call costs more than the work at small N).
+fn as_contiguous(t: &Tensor, kind: Kind) -> Tensor {
+    let t = if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    };
+    if t.is_contiguous() {
+        t
+    } else {
+        t.contiguous()
+    }
+}
+
 impl Inputs {
     fn of(call: &Call) -> Result<Inputs> {
         ensure!(call.scores.device() == Device::Cpu, "the CPU mirror takes CPU tensors");
@@ -128,7 +167,9 @@ impl Inputs {
             labels: call.labels.contiguous(),
             weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
             log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
-            state: state.try_into().map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?,
+            state: state
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?,
         })
     }
 
@@ -230,7 +271,7 @@ fn reduced(host: &Host, rows: LossRows) -> (Tensor, Option<Tensor>) {
     let sum = |t: &Tensor, divisor: f32| {
         let values = unsafe { slice::<f32>(t, host.rows()) };
         let total: f64 = values.iter().map(|&v| v as f64).sum();
-        Tensor::from((total as f32) / divisor)
+        host_scalar((total as f32) / divisor)
     };
     let classes = sum(&rows.class_loss, host.divisors.0);
     let objectness = rows.objectness_loss.as_ref().map(|o| sum(o, host.divisors.1));
@@ -263,7 +304,7 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let stats = stats.to_kind(Kind::Float).contiguous();
+    let stats = as_contiguous(stats, Kind::Float);
     ensure!(
         stats.size() == [n as i64, 2],
         "saved row stats have shape {:?}, expected [{n}, 2]",
@@ -286,7 +327,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let one = Tensor::from(1.0f32);
+    let one = host_scalar(1.0);
     let placed = Upstream {
         classes: Some(one.shallow_clone()),
         objectness: host.detection.then_some(one),

@@ -289,11 +289,17 @@ impl Launch {
             return Ok(());
         }
         let kernel = row_kernel(pass, self.scores.kind())?;
-        let args: Vec<Arg> = [Arg::Params(self.params)].into_iter().chain(args.iter().copied()).collect();
+        let args: Vec<Arg> = [Arg::Params(self.params)]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
         // SAFETY: the argument lists below follow the kernels' signatures,
         // and every buffer is a tensor of this call with the shape the
         // kernels' contract names (kernels/seesaw.cu).
-        unsafe { self.executor.launch(kernel, self.blocks()?, 32 * WARPS_PER_BLOCK, &args) }
+        unsafe {
+            self.executor
+                .launch(kernel, self.blocks()?, 32 * WARPS_PER_BLOCK, &args)
+        }
     }
 
     /// The outputs of a loss pass: per-row values, the blocks' partial sums
@@ -321,10 +327,10 @@ impl Launch {
         if self.n() > 0 {
             poison(
                 [&outputs.rows.class_loss]
-                .into_iter()
-                .chain(outputs.rows.objectness_loss.as_ref())
-                .chain(outputs.classes.as_ref())
-                .chain(outputs.objectness.as_ref()),
+                    .into_iter()
+                    .chain(outputs.rows.objectness_loss.as_ref())
+                    .chain(outputs.classes.as_ref())
+                    .chain(outputs.objectness.as_ref()),
             );
         }
         Ok(outputs)

@@ -118,7 +118,11 @@ mod tests {
         let mut args = count_args(&labels, &counts);
         args[1] = Arg::Params(crate::params::SeesawParams::constants(0.8, 2.0, -4.6));
         let err = launch("seesaw_count", 1, 32, &args).unwrap_err().to_string();
-        assert!(err.contains("argument 1 is 64 bytes, the parameter 8"), "{err}");
+        let size = std::mem::size_of::<crate::params::SeesawParams>();
+        assert!(
+            err.contains(&format!("argument 1 is {size} bytes, the parameter 8")),
+            "{err}"
+        );
         let err = launch("seesaw_nothing", 1, 32, &args).unwrap_err().to_string();
         assert!(err.contains("no kernel named seesaw_nothing"), "{err}");
         let err = launch("seesaw_count", 1, 48, &count_args(&labels, &counts))

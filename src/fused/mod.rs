@@ -62,8 +62,16 @@ impl Upstream {
     pub(crate) fn on(&self, device: Device) -> Upstream {
         let place = |t: &Option<Tensor>| {
             t.as_ref().map(|t| {
-                let t = if t.device() == device { t.shallow_clone() } else { t.to_device(device) };
-                let t = if t.kind() == Kind::Float { t } else { t.to_kind(Kind::Float) };
+                let t = if t.device() == device {
+                    t.shallow_clone()
+                } else {
+                    t.to_device(device)
+                };
+                let t = if t.kind() == Kind::Float {
+                    t
+                } else {
+                    t.to_kind(Kind::Float)
+                };
                 t.contiguous().view([-1])
             })
         };

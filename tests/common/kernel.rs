@@ -28,7 +28,9 @@ pub fn counts_update_matches_the_host(dev: Device, rows: i64) {
 /// changes.
 pub fn out_of_range_labels_are_errors_not_faults(dev: Device) {
     let vs = nn::VarStore::new(dev);
-    let config = SeesawConfig::detection(3).backend(Backend::Fused).checks(Checks::Immediate);
+    let config = SeesawConfig::detection(3)
+        .backend(Backend::Fused)
+        .checks(Checks::Immediate);
     let mut loss = SeesawLoss::new(vs.root(), config).unwrap();
     let x = Tensor::zeros([2, 5], (Kind::Float, dev));
     let err = loss
@@ -108,7 +110,10 @@ pub fn a_deferred_bad_batch_changes_nothing_and_errors_later(dev: Device) {
     assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
     // The next call reports it and changes nothing either; the one after runs.
     let err = loss.forward(&scores, &good, None, None).unwrap_err().to_string();
-    assert!(err.contains("found label 9 at row 1") && err.contains("earlier call"), "{err}");
+    assert!(
+        err.contains("found label 9 at row 1") && err.contains("earlier call"),
+        "{err}"
+    );
     assert_eq!(to_i64(&loss.cum_samples()), [0, 0, 0, 0]);
     loss.forward(&scores, &good, None, None).unwrap();
     assert_eq!(to_i64(&loss.cum_samples()), [1, 1, 1, 1]);
@@ -118,7 +123,10 @@ pub fn a_deferred_bad_batch_changes_nothing_and_errors_later(dev: Device) {
     assert!(out.total().double_value(&[]).is_nan());
     assert_eq!(grad.abs().sum(Kind::Float).double_value(&[]), 0.0);
     let err = loss.check().unwrap_err().to_string();
-    assert!(err.contains("label_weights must be finite, found inf at row 1"), "{err}");
+    assert!(
+        err.contains("label_weights must be finite, found inf at row 1"),
+        "{err}"
+    );
     loss.check().unwrap();
     assert_eq!(to_i64(&loss.cum_samples()), [1, 1, 1, 1]);
 }

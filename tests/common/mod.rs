@@ -3,6 +3,9 @@
 //! conversions between tensors and plain vectors.
 #![allow(dead_code)]
 
+#[cfg(feature = "testing")]
+pub mod budget;
+#[cfg(feature = "testing")]
 pub mod kernel;
 
 use seesaw_loss::Reduction;
