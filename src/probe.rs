@@ -3,7 +3,9 @@
 //! default build carries none of them.
 
 #[cfg(feature = "testing")]
-pub(crate) use crate::testing::{count_host_read as host_read, count_launch as launch, emulating, poisoning};
+pub(crate) use crate::testing::{
+    count_host_read as host_read, count_launch as launch, emulating, nvrtc_hidden, poisoning,
+};
 
 #[cfg(not(feature = "testing"))]
 mod off {
@@ -17,6 +19,10 @@ mod off {
     }
     #[inline(always)]
     pub(crate) fn poisoning() -> bool {
+        false
+    }
+    #[inline(always)]
+    pub(crate) fn nvrtc_hidden() -> bool {
         false
     }
 }

@@ -32,6 +32,7 @@ pub use crate::autograd::faults::{inject, Fault};
 
 static EMULATING: AtomicBool = AtomicBool::new(false);
 static POISON: AtomicBool = AtomicBool::new(false);
+static NVRTC_HIDDEN: AtomicBool = AtomicBool::new(false);
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 static HOST_READS: AtomicU64 = AtomicU64::new(0);
 
@@ -106,6 +107,23 @@ pub fn libtorch_ops() -> OpCounts {
 /// ```
 pub fn poison_outputs(on: bool) {
     POISON.store(on, Ordering::SeqCst);
+}
+
+/// Makes NVRTC unavailable to this process, as on a machine without it, so
+/// that getting the kernels fails (under [`emulate_kernels`] too, where the
+/// kernels are compiled as for a GPU before they are emulated). Call it
+/// before the first fused call: the outcome is remembered for the process.
+///
+/// ```no_run
+/// seesaw_loss::testing::hide_nvrtc();
+/// assert!(!seesaw_loss::cuda::nvrtc_available());
+/// ```
+pub fn hide_nvrtc() {
+    NVRTC_HIDDEN.store(true, Ordering::SeqCst);
+}
+
+pub(crate) fn nvrtc_hidden() -> bool {
+    NVRTC_HIDDEN.load(Ordering::SeqCst)
 }
 
 pub(crate) fn emulating() -> bool {

@@ -123,3 +123,9 @@ fn a_failed_call_takes_its_batch_back_out_on_the_device() {
     kernel::a_failed_call_takes_its_batch_back_out(dev);
     tch::Cuda::synchronize(0);
 }
+
+#[test]
+fn steps_on_the_gpu_are_bitwise_reproducible() {
+    let Some(dev) = cuda() else { return };
+    kernel::steps_are_bitwise_reproducible(dev);
+}

@@ -67,3 +67,8 @@ fn the_emulated_default_matches_the_reference() {
 fn a_failed_call_takes_its_batch_back_out() {
     kernel::a_failed_call_takes_its_batch_back_out(emulated());
 }
+
+#[test]
+fn emulated_steps_are_bitwise_reproducible() {
+    kernel::steps_are_bitwise_reproducible(emulated());
+}

@@ -52,6 +52,9 @@ fn nvrtc_version() -> Result<(i32, i32)> {
     static PROBE: OnceLock<std::result::Result<(i32, i32), String>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
+            if crate::probe::nvrtc_hidden() {
+                return Err("NVRTC is hidden (seesaw_loss::testing::hide_nvrtc)".to_string());
+            }
             // Load it by full path first: cudarc then finds the library
             // already in the process under its soname.
             let beside_libtorch = crate::link::preload_nvrtc();

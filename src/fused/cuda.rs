@@ -117,7 +117,10 @@ impl Executor {
                 ordinal,
             }),
             #[cfg(feature = "testing")]
-            Device::Cpu if probe::emulating() => Ok(Executor::Emulator),
+            Device::Cpu if probe::emulating() => {
+                device::emulated_kernels().map_err(anyhow::Error::msg)?;
+                Ok(Executor::Emulator)
+            }
             other => bail!("expected a CUDA tensor, got one on {other:?}"),
         }
     }

@@ -39,25 +39,51 @@ impl DeviceKernels {
 /// A device's kernels, or why they could not be had.
 pub(crate) type Loaded = std::result::Result<Arc<DeviceKernels>, String>;
 
-/// The kernels of device `ordinal`: compiled (or read from the disk cache)
-/// and loaded at the first call, then the same `Ok` or the same `Err` for
-/// the life of the process. The first failure is logged once as a warning.
-pub(crate) fn kernels(ordinal: usize) -> Loaded {
-    static DEVICES: OnceLock<Mutex<HashMap<usize, Loaded>>> = OnceLock::new();
-    let mut devices = DEVICES
-        .get_or_init(Default::default)
+/// The outcome of getting the kernels for one target, remembered for the
+/// life of the process: the same `Ok` or the same `Err` at every ask, the
+/// first failure logged once as a warning.
+fn remembered<T: Clone>(
+    cache: &Mutex<HashMap<usize, std::result::Result<T, String>>>,
+    key: usize,
+    what: &str,
+    load: impl FnOnce() -> Result<T>,
+) -> std::result::Result<T, String> {
+    let mut outcomes = cache
         .lock()
         .map_err(|_| "the kernel cache lock is poisoned".to_string())?;
-    devices
-        .entry(ordinal)
+    outcomes
+        .entry(key)
         .or_insert_with(|| {
-            load(ordinal).map_err(|e| {
+            load().map_err(|e| {
                 let why = format!("{e:#}");
-                log::warn!("seesaw-loss: the CUDA kernels are unavailable on cuda:{ordinal}: {why}");
+                log::warn!("seesaw-loss: the CUDA kernels are unavailable on {what}: {why}");
                 why
             })
         })
         .clone()
+}
+
+/// The kernels of device `ordinal`: compiled (or read from the disk cache)
+/// and loaded at the first call, then remembered ([`remembered`]).
+pub(crate) fn kernels(ordinal: usize) -> Loaded {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Loaded>>> = OnceLock::new();
+    remembered(
+        DEVICES.get_or_init(Default::default),
+        ordinal,
+        &format!("cuda:{ordinal}"),
+        || load(ordinal),
+    )
+}
+
+/// Whether the emulated kernels (feature `testing`) can be had: they are
+/// compiled as for an sm_90 GPU first, so that the emulated path needs what
+/// a GPU's does (NVRTC) and fails, and falls back, the same way.
+#[cfg(feature = "testing")]
+pub(crate) fn emulated_kernels() -> std::result::Result<(), String> {
+    static EMULATED: OnceLock<Mutex<HashMap<usize, std::result::Result<(), String>>>> = OnceLock::new();
+    remembered(EMULATED.get_or_init(Default::default), 0, "the kernel emulator", || {
+        compile::compile(90).map(|_| ())
+    })
 }
 
 /// Why nothing of cudarc may be touched on this machine, or `None`.

@@ -128,6 +128,10 @@ pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<String> {
         ));
     }
     match device {
+        #[cfg(feature = "testing")]
+        Device::Cpu if crate::probe::emulating() => device::emulated_kernels()
+            .err()
+            .map(|why| format!("the CUDA kernels are unavailable: {why}")),
         Device::Cpu => None,
         Device::Cuda(ordinal) => {
             cuda::unavailable_reason(ordinal).map(|why| format!("the CUDA kernels are unavailable: {why}"))

@@ -191,3 +191,30 @@ pub fn the_default_matches_the_reference(dev: Device) {
         assert!(e < 1e-5, "forward_backward gradient rel err {e:e} (step {step})");
     }
 }
+
+/// The same step twice gives the same bits: the kernels reduce in a fixed
+/// order (block partials, then the last block by ticket) whatever order the
+/// blocks run in, and count with integer atomics.
+pub fn steps_are_bitwise_reproducible(dev: Device) {
+    let run = || {
+        let (c, n) = (80, 1000);
+        let vs = nn::VarStore::new(dev);
+        let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(c)).unwrap();
+        let scores = random_scores(n, c + 2, 60).to_kind(Kind::Float).to_device(dev);
+        let labels = random_labels(n, 3 * c, 61).clamp_max(c).to_device(dev);
+        let leaf = scores.detach().set_requires_grad(true);
+        let out = loss.forward(&leaf, &labels, None, None).unwrap();
+        out.total().backward();
+        let (fb, grad) = loss.forward_backward(&scores, &labels, None, None).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> { to_vec(t).into_iter().map(|v| (v as f32).to_bits()).collect() };
+        (
+            [bits(&out.classes), bits(&out.objectness.unwrap()), bits(&leaf.grad())],
+            [bits(&fb.total()), bits(&grad)],
+            to_i64(&loss.cum_samples()),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "a run differs from the first");
+    }
+}
