@@ -35,8 +35,8 @@ use crate::{fused, inputs, reference};
 pub struct SeesawLoss {
     config: SeesawConfig,
     counts: Counts,
-    /// Where the kernels record a bad batch (created at the first kernel call).
-    record: Option<ErrorRecord>,
+    /// The error record and the CPU mirror's cache.
+    fused: fused::LossState,
     /// A bad batch the CPU mirror found under deferred checks.
     pending: Option<BadBatch>,
 }
@@ -129,7 +129,7 @@ impl SeesawLoss {
         Ok(SeesawLoss {
             config,
             counts,
-            record: None,
+            fused: Default::default(),
             pending: None,
         })
     }
@@ -359,17 +359,8 @@ impl SeesawLoss {
 
         // The fused paths check, count and prepare in one step; a bad batch
         // changes nothing and is reported now or later as configured.
-        if on_kernel && self.record.is_none() {
-            self.record = Some(ErrorRecord::new(device)?);
-        }
         let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
-        let prepared = fused::prepare(
-            &params,
-            &labels,
-            weights.as_ref(),
-            self.counts.raw(),
-            self.record.as_ref(),
-        )?;
+        let prepared = fused::prepare(&params, &labels, weights.as_ref(), self.counts.raw(), &mut self.fused)?;
         let counted = prepared.bad.is_none();
         if let Some(bad) = prepared.bad {
             match checks {
@@ -409,7 +400,7 @@ impl SeesawLoss {
         let found = self
             .pending
             .take()
-            .or_else(|| self.record.as_mut().and_then(ErrorRecord::take));
+            .or_else(|| self.fused.record.as_mut().and_then(ErrorRecord::take));
         match found {
             Some(bad) => bail!(bad.message(&self.config, true)),
             None => Ok(()),

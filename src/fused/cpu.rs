@@ -34,6 +34,7 @@ pub(crate) fn prepare(
     labels: &Tensor,
     weights: Option<&Tensor>,
     counts: &Tensor,
+    cache: &mut LogCountCache,
 ) -> Result<(Tensor, Tensor, Option<BadBatch>)> {
     ensure!(
         counts.kind() == Kind::Int64 && counts.is_contiguous() && counts.device() == Device::Cpu,
@@ -89,11 +90,44 @@ pub(crate) fn prepare(
             *counter = counter.checked_add(1).unwrap_or(i64::MAX);
         }
     }
-    let log_counts = host_tensor(count_values[..classes].iter().map(|&c| (c.max(1) as f32).ln()));
+    let log_counts = host_tensor(cache.table(&count_values[..classes]).iter().copied());
     let mut state = [0i64; STATE_LEN as usize];
     state[STATE_BAD as usize] = bad.is_some() as i64;
     state[STATE_POSITIVE as usize] = positive;
     Ok((log_counts, host_tensor(state.into_iter()), bad))
+}
+
+/// The last log-count table a loss's CPU calls made, with the counts it was
+/// made from: a call recomputes `ln` only for the counters that changed
+/// since (a step's labels touch few of them), not for all C. Comparing with
+/// the counts themselves keeps it right whatever changed them (a checkpoint
+/// load, a test setting them).
+#[derive(Default)]
+pub(crate) struct LogCountCache {
+    counts: Vec<i64>,
+    table: Vec<f32>,
+}
+
+impl LogCountCache {
+    /// `log(max(n, 1))` of `counts`, in f32.
+    fn table(&mut self, counts: &[i64]) -> &[f32] {
+        if self.counts.len() != counts.len() {
+            self.counts = counts.to_vec();
+            self.table = counts.iter().map(|&c| log_count(c)).collect();
+        }
+        for ((cached, table), &now) in self.counts.iter_mut().zip(&mut self.table).zip(counts) {
+            if *cached != now {
+                *cached = now;
+                *table = log_count(now);
+            }
+        }
+        &self.table
+    }
+}
+
+/// `log(max(n, 1))` in f32, as `seesaw_prepare` computes it.
+fn log_count(n: i64) -> f32 {
+    (n.max(1) as f32).ln()
 }
 
 /// A 1-D CPU tensor of `values`, written in place: `Tensor::from_slice`
@@ -110,7 +144,10 @@ fn host_tensor<T: tch::kind::Element + Copy>(values: impl ExactSizeIterator<Item
 
 /// A 0-dim f32 CPU tensor, written in place.
 fn host_scalar(v: f32) -> Tensor {
-    host_tensor(std::iter::once(v)).view([])
+    let t = Tensor::empty([], (Kind::Float, Device::Cpu));
+    // SAFETY: a fresh tensor of one f32.
+    unsafe { (t.data_ptr() as *mut f32).write(v) };
+    t
 }
 
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
@@ -161,15 +198,22 @@ impl Inputs {
             .state
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the CPU mirror needs the call state of its prepare step"))?;
-        let state: Vec<i64> = Vec::try_from(state)?;
+        let state = as_contiguous(state, Kind::Int64);
+        ensure!(
+            state.numel() == STATE_LEN as usize,
+            "the call state has the wrong length"
+        );
+        // SAFETY: a contiguous int64 CPU tensor of STATE_LEN values.
+        let state: [i64; STATE_LEN as usize] = unsafe { slice::<i64>(&state, STATE_LEN as usize) }
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?;
+        // The passes only read the logits: no need to detach them.
         Ok(Inputs {
-            logits: call.scores.detach().to_kind(Kind::Float).contiguous(),
-            labels: call.labels.contiguous(),
-            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
-            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
-            state: state
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?,
+            logits: as_contiguous(&call.scores, Kind::Float),
+            labels: as_contiguous(&call.labels, Kind::Int64),
+            weights: call.weights.as_ref().map(|w| as_contiguous(w, Kind::Float)),
+            log_counts: as_contiguous(&call.log_counts, Kind::Float),
+            state,
         })
     }
 
@@ -450,7 +494,14 @@ fn parallel_rows<W: Fn(Range<usize>) + Sync>(n: usize, width: usize, work: W) {
     }
 }
 
-/// Runs `$body` compiled for AVX2 when the processor has it, else as is: the
+thread_local! {
+    /// The one-exponential loss pass's row of `e_j`, kept per thread so a
+    /// call allocates (and zeroes) nothing for it.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `$body` compiled for AVX-512 or AVX2 (with FMA) when the processor
+/// has them, else as is: the
 /// row loops are generic code that the compiler vectorizes for the features
 /// of the function it is inlined into.
 macro_rules! with_best_features {
@@ -460,10 +511,21 @@ macro_rules! with_best_features {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
+                // One 16-lane chunk of the row loops is one AVX-512 register
+                // (two AVX2 ones); FMA fuses the polynomial of `math::exp`.
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the processor has AVX2.
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the processor has these features.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the processor has AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -480,7 +542,12 @@ with_best_features!(forward_block(
     targets: &Targets
 ) {
     let c = host.classes;
-    let mut scratch = vec![0.0f32; if powered.is_some() { c } else { 0 }];
+    // Taken out of the thread's slot and put back: the row loop must not
+    // run inside a closure, which would not get this function's features.
+    let mut scratch = SCRATCH.with(|s| s.take());
+    if powered.is_some() && scratch.len() < c {
+        scratch.resize(c, 0.0);
+    }
     for r in rows {
         let z = host.row(r);
         let scale = host.scale(r);
@@ -512,6 +579,7 @@ with_best_features!(forward_block(
             }
         }
     }
+    SCRATCH.with(|s| s.replace(scratch));
 });
 
 with_best_features!(backward_block(

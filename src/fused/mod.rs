@@ -151,24 +151,36 @@ pub(crate) struct Prepared {
     pub bad: Option<BadBatch>,
 }
 
+/// What a loss keeps for its fused calls besides the counts.
+#[derive(Default)]
+pub(crate) struct LossState {
+    /// Where the kernels record a bad batch (made at the first kernel call).
+    pub record: Option<ErrorRecord>,
+    /// The CPU mirror's last log-count table.
+    pub log_counts: cpu::LogCountCache,
+}
+
 /// The prepare step of a fused call: checks the batch, adds its labels to
 /// `counts` (int64) when it is good, and writes the log-count table and the
-/// call state. One kernel launch on the kernel path (its problems go to
-/// `record`), host code on the CPU mirror.
+/// call state. One kernel launch on the kernel path (its problems go to the
+/// error record, made here at the first call), host code on the CPU mirror.
 pub(crate) fn prepare(
     params: &SeesawParams,
     labels: &Tensor,
     weights: Option<&Tensor>,
     counts: &Tensor,
-    record: Option<&ErrorRecord>,
+    state: &mut LossState,
 ) -> Result<Prepared> {
     match rows_on(labels.device())? {
         RowsOn::Mirror => {
-            let (log_counts, state, bad) = cpu::prepare(params, labels, weights, counts)?;
+            let (log_counts, state, bad) = cpu::prepare(params, labels, weights, counts, &mut state.log_counts)?;
             Ok(Prepared { log_counts, state, bad })
         }
         RowsOn::Kernel => {
-            let record = record.ok_or_else(|| anyhow::anyhow!("the kernel path needs an error record"))?;
+            if state.record.is_none() {
+                state.record = Some(ErrorRecord::new(labels.device())?);
+            }
+            let record = state.record.as_ref().expect("made above");
             let (log_counts, state) = cuda::prepare_call(params, labels, weights, counts, record)?;
             Ok(Prepared {
                 log_counts,
