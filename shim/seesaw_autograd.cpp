@@ -270,6 +270,24 @@ void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
 
 }  // namespace
 
+// The GPU tests' streams, through c10's device guard interface (no CUDA
+// header): a new stream from libtorch's pool (non-blocking, so not ordered
+// with the legacy default stream) made current for the device, or the
+// default stream made current again.
+extern "C" int seesaw_testing_set_stream(int64_t device_index, int32_t side, char* err) {
+    try {
+        const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+        const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
+        impl->exchangeStream(side ? impl->getNewStream(device) : impl->getDefaultStream(device));
+        return 0;
+    } catch (const c10::Error& e) {
+        copy_message(e.what_without_backtrace(), err);
+    } catch (const std::exception& e) {
+        copy_message(e.what(), err);
+    }
+    return 1;
+}
+
 extern "C" void seesaw_testing_op_counts(uint64_t* calls, uint64_t* launches) {
     static const bool installed = [] {
         at::addGlobalCallback(at::RecordFunctionCallback(on_enter, on_exit).scopes({at::RecordScope::FUNCTION}));

@@ -141,3 +141,88 @@ pub(crate) fn count_launch() {
 pub(crate) fn count_host_read() {
     HOST_READS.fetch_add(1, Ordering::SeqCst);
 }
+
+/// GPU test aids: libtorch's current stream, and CUDA-graph capture of the
+/// work queued on it (through the driver; libtorch's caching allocator does
+/// not know of the capture, so a test keeps every tensor of the captured
+/// work alive and allocates nothing between capture and replay). They fail
+/// with a clear error where there is no CUDA device.
+pub mod cuda {
+    use std::ffi::c_char;
+    use std::sync::Arc;
+
+    use anyhow::{bail, Result};
+    use cudarc::driver::{sys, CudaGraph, CudaStream};
+
+    extern "C" {
+        fn seesaw_testing_set_stream(device: i64, side: i32, err: *mut c_char) -> i32;
+    }
+
+    fn set_stream(device: i64, side: bool) -> Result<()> {
+        let mut err = vec![0 as c_char; crate::autograd::ERR_LEN];
+        // SAFETY: an error buffer of ERR_LEN bytes.
+        if unsafe { seesaw_testing_set_stream(device, side as i32, err.as_mut_ptr()) } != 0 {
+            bail!(crate::autograd::message(&err));
+        }
+        Ok(())
+    }
+
+    /// Makes a stream from libtorch's pool (non-blocking: not ordered with
+    /// the legacy default stream) the current stream of `device`.
+    ///
+    /// ```no_run
+    /// seesaw_loss::testing::cuda::use_side_stream(0)?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn use_side_stream(device: i64) -> Result<()> {
+        set_stream(device, true)
+    }
+
+    /// Makes the default stream the current stream of `device` again.
+    ///
+    /// ```no_run
+    /// seesaw_loss::testing::cuda::use_default_stream(0)?;
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn use_default_stream(device: i64) -> Result<()> {
+        set_stream(device, false)
+    }
+
+    /// A CUDA graph of the work `capture` saw queued on libtorch's current
+    /// stream, replayable on that stream.
+    pub struct Graph {
+        graph: CudaGraph,
+        _stream: Arc<CudaStream>,
+    }
+
+    impl Graph {
+        /// Captures, in relaxed mode, what `work` queues on the current
+        /// stream of `device` (which must not be the legacy default stream:
+        /// see [`use_side_stream`]); nothing of it runs until a replay.
+        ///
+        /// ```no_run
+        /// use seesaw_loss::testing::cuda::{use_side_stream, Graph};
+        /// use_side_stream(0)?;
+        /// let graph = Graph::capture(0, || Ok(()))?;
+        /// graph.replay()?;
+        /// # Ok::<(), anyhow::Error>(())
+        /// ```
+        pub fn capture(device: usize, work: impl FnOnce() -> Result<()>) -> Result<Graph> {
+            let kernels = crate::fused::device::kernels(device).map_err(anyhow::Error::msg)?;
+            let stream = crate::fused::device::current_stream(&kernels, device)?;
+            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+            let outcome = work();
+            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
+            outcome?;
+            match graph {
+                Some(graph) => Ok(Graph { graph, _stream: stream }),
+                None => bail!("the capture recorded no work"),
+            }
+        }
+
+        /// Runs the captured work again.
+        pub fn replay(&self) -> Result<()> {
+            Ok(self.graph.launch()?)
+        }
+    }
+}

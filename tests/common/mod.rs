@@ -202,7 +202,12 @@ pub fn expected(scores: &[Vec<f64>], labels: &[i64], counts_after: &[f64], spec:
 
 /// Overwrites the counts variable a loss registered at the root of `vs`.
 pub fn set_counts(vs: &tch::nn::VarStore, counts: &[i64]) {
-    let mut var = vs.variables()["cum_samples"].shallow_clone();
+    set_counts_of(vs, "cum_samples", counts);
+}
+
+/// Sets the counts variable `name` of `vs` (on any device).
+pub fn set_counts_of(vs: &tch::nn::VarStore, name: &str, counts: &[i64]) {
+    let mut var = vs.variables()[name].shallow_clone();
     tch::no_grad(|| var.copy_(&Tensor::from_slice(counts)));
 }
 
