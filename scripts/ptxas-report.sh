@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Registers, spills and shared memory of every kernel in kernels/seesaw.cu, as
 # ptxas reports them, with no GPU: installs the pinned CUDA 13.0 compiler
-# wheels from PyPI into a cached venv (DESIGN.md section 5) and compiles the
-# source to cubins for sm_80 and sm_90.
+# wheels from PyPI into a cached venv (nvidia-cuda-nvcc, -cccl, nvidia-nvvm and
+# nvidia-cuda-crt, all pinned to 13.0.*: unpinned, the last two come as a newer
+# release whose PTX the 13.0 ptxas rejects) and compiles the source to cubins
+# for sm_80 and sm_90.
 #   scripts/ptxas-report.sh [ARCH ...]      # default: 80 90
 set -euo pipefail
 cd "$(dirname "$0")/.."

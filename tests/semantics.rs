@@ -1,4 +1,5 @@
-//! The loss's semantics (DESIGN.md section 2) against hand-worked values and
+//! The loss's semantics (the README's "The two heads", and mmdetection's and
+//! mmpretrain's `SeesawLoss`) against hand-worked values and
 //! the float64 oracle in `common`, on the reference path and the CPU mirror.
 
 mod common;
