@@ -137,20 +137,12 @@ void copy_message(const char* what, char* err) {
     err[SEESAW_ERR_LEN - 1] = '\0';
 }
 
-}  // namespace
-
-extern "C" int seesaw_autograd_apply(const SeesawParams* params, const at::Tensor* scores, const at::Tensor* labels,
-                                     const at::Tensor* weights, const at::Tensor* log_counts,
-                                     const at::Tensor* state, seesaw_forward_fn forward_fn,
-                                     seesaw_backward_fn backward_fn, at::Tensor** class_loss,
-                                     at::Tensor** objectness_loss, char* err) {
+// Runs `body`; returns 0, or 1 with libtorch's (or the standard library's)
+// message in `err`: nothing throws across the C boundary.
+template <class Body>
+int guarded(char* err, Body&& body) {
     try {
-        std::optional<at::Tensor> w = weights ? std::optional<at::Tensor>(*weights) : std::nullopt;
-        std::optional<at::Tensor> st = state ? std::optional<at::Tensor>(*state) : std::nullopt;
-        variable_list out =
-            SeesawFunction::apply(*scores, *labels, w, *log_counts, st, *params, forward_fn, backward_fn);
-        *class_loss = new at::Tensor(out[0]);
-        *objectness_loss = out.size() > 1 ? new at::Tensor(out[1]) : nullptr;
+        body();
         return 0;
     } catch (const c10::Error& e) {
         copy_message(e.what_without_backtrace(), err);
@@ -158,6 +150,23 @@ extern "C" int seesaw_autograd_apply(const SeesawParams* params, const at::Tenso
         copy_message(e.what(), err);
     }
     return 1;
+}
+
+}  // namespace
+
+extern "C" int seesaw_autograd_apply(const SeesawParams* params, const at::Tensor* scores, const at::Tensor* labels,
+                                     const at::Tensor* weights, const at::Tensor* log_counts,
+                                     const at::Tensor* state, seesaw_forward_fn forward_fn,
+                                     seesaw_backward_fn backward_fn, at::Tensor** class_loss,
+                                     at::Tensor** objectness_loss, char* err) {
+    return guarded(err, [&] {
+        std::optional<at::Tensor> w = weights ? std::optional<at::Tensor>(*weights) : std::nullopt;
+        std::optional<at::Tensor> st = state ? std::optional<at::Tensor>(*state) : std::nullopt;
+        variable_list out =
+            SeesawFunction::apply(*scores, *labels, w, *log_counts, st, *params, forward_fn, backward_fn);
+        *class_loss = new at::Tensor(out[0]);
+        *objectness_loss = out.size() > 1 ? new at::Tensor(out[1]) : nullptr;
+    });
 }
 
 // Runs f(ctx, begin, end) over chunks of [0, n) on libtorch's intra-op thread
@@ -172,17 +181,11 @@ extern "C" void seesaw_parallel_for(int64_t n, int64_t grain, void (*f)(void*, i
 // interface so that no CUDA header is needed. Returns 0, or non-zero with a
 // message in `err` (SEESAW_ERR_LEN bytes).
 extern "C" int seesaw_current_cuda_stream(int64_t device_index, void** stream, char* err) {
-    try {
+    return guarded(err, [&] {
         const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
         const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
         *stream = impl->getStream(device).native_handle();
-        return 0;
-    } catch (const c10::Error& e) {
-        copy_message(e.what_without_backtrace(), err);
-    } catch (const std::exception& e) {
-        copy_message(e.what(), err);
-    }
-    return 1;
+    });
 }
 
 // Size, alignment and field offsets of SeesawParams in declaration order, for
@@ -275,17 +278,11 @@ void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
 // with the legacy default stream) made current for the device, or the
 // default stream made current again.
 extern "C" int seesaw_testing_set_stream(int64_t device_index, int32_t side, char* err) {
-    try {
+    return guarded(err, [&] {
         const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
         const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
         impl->exchangeStream(side ? impl->getNewStream(device) : impl->getDefaultStream(device));
-        return 0;
-    } catch (const c10::Error& e) {
-        copy_message(e.what_without_backtrace(), err);
-    } catch (const std::exception& e) {
-        copy_message(e.what(), err);
-    }
-    return 1;
+    });
 }
 
 extern "C" void seesaw_testing_op_counts(uint64_t* calls, uint64_t* launches) {
