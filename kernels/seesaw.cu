@@ -163,7 +163,10 @@ __device__ __forceinline__ float class_forward(const SeesawParams& k, const T* _
     }
     stats.lse = lse;
     stats.lse_adjusted = lse_adjusted;
-    return lse_adjusted - z_y;
+    // The label's own term is in lse', so the exact loss is >= 0: a rounding
+    // below it is 0 (a NaN stays NaN, as the comparison is false for it).
+    const float loss = lse_adjusted - z_y;
+    return loss < 0.0f ? 0.0f : loss;
 }
 
 // The gradient pass of a class row: g = scale * (softmax(z') - onehot(label)).
@@ -285,8 +288,13 @@ extern "C" __global__ void __launch_bounds__(SEESAW_PREPARE_THREADS)
         if (!label_ok(k, label) || (weights && !finite_f32(weights[i]))) atomicMin(&first_bad_row, i);
         mine += label >= 0 && label < k.classes;
     }
-    for (i64 j = t; j < n_counters; j += blockDim.x)
-        if (count_values[j] < 0) atomicMin(&first_bad_counter, j);
+    // A count is bad when negative, or close enough to int64's limit that
+    // this batch could overflow it.
+    const i64 limit = NONE - k.rows;
+    for (i64 j = t; j < n_counters; j += blockDim.x) {
+        const long long v = count_values[j];
+        if (v < 0 || v > limit) atomicMin(&first_bad_counter, j);
+    }
     if (mine) atomicAdd(&positives, mine);
     __syncthreads();
     const bool bad = first_bad_row != NONE || first_bad_counter != NONE;  // the same in every thread

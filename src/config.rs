@@ -1,7 +1,7 @@
 //! The loss's configuration: which head, the Seesaw hyper-parameters, the
 //! reduction and the backend.
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 
 /// How per-row losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,36 +279,45 @@ impl SeesawConfig {
 
     /// Checks the values a loss cannot be built with.
     pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::Config(m));
         if self.num_classes < 1 {
-            bail!(
-                "invalid config: num_classes must be at least 1, got {}",
-                self.num_classes
-            );
+            return invalid(format!("num_classes must be at least 1, got {}", self.num_classes));
         }
         // The kernels index classes with 32-bit integers, and a detection
         // row has two more columns.
         let most = i32::MAX as i64 - 2;
         if self.num_classes > most {
-            bail!(
-                "invalid config: num_classes must be at most {most}, got {}",
-                self.num_classes
-            );
+            return invalid(format!("num_classes must be at most {most}, got {}", self.num_classes));
         }
         check_exponent("p", self.p)?;
         check_exponent("q", self.q)?;
+        // The fused paths compute in f32: a value f32 cannot hold would make
+        // them disagree with the reference path without an error.
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            bail!("invalid config: eps must be a finite number > 0, got {}", self.eps);
+            return invalid(format!("eps must be a finite number > 0, got {}", self.eps));
         }
-        if !self.loss_weight.is_finite() {
-            bail!("invalid config: loss_weight must be finite, got {}", self.loss_weight);
+        if self.eps < f32::MIN_POSITIVE as f64 {
+            return invalid(format!(
+                "eps must be at least {:e} (f32's smallest normal number; the fused paths compute in f32), got {:e}",
+                f32::MIN_POSITIVE,
+                self.eps
+            ));
+        }
+        if !self.loss_weight.is_finite() || self.loss_weight.abs() > f32::MAX as f64 {
+            return invalid(format!(
+                "loss_weight must be finite and within f32's range (the fused paths compute in f32), got {}",
+                self.loss_weight
+            ));
         }
         Ok(())
     }
 }
 
 fn check_exponent(name: &str, v: f64) -> Result<()> {
-    if !(v >= 0.0 && v.is_finite()) {
-        bail!("invalid config: {name} must be a finite number >= 0, got {v}");
+    if !(v >= 0.0 && v <= f32::MAX as f64) {
+        return Err(Error::Config(format!(
+            "{name} must be a finite number >= 0 within f32's range (the fused paths compute in f32), got {v}"
+        )));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! checkpoint written with float counts is accepted, checked, and turned back
 //! into int64 on the next call.
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Name of the variable under the loss's path.
@@ -37,33 +37,46 @@ impl Counts {
         &self.var
     }
 
-    /// Checks what a checkpoint may have changed: length and device.
+    /// Checks what a checkpoint may have changed: kind, length and device.
+    /// Integer and floating kinds can hold counts (floating ones are checked
+    /// for values and turned back into int64 by [`Counts::normalize`]).
     pub(crate) fn check_layout(&self, device: Device) -> Result<()> {
+        let kind = self.var.kind();
+        let holds_counts = matches!(kind, Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8)
+            || matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+        if !holds_counts {
+            return Err(Error::Counts(format!(
+                "cum_samples is {kind:?}, which cannot hold counts (a checkpoint or a hand-set value?); \
+                 load int64 counts (or floating ones) into it"
+            )));
+        }
         let shape = self.var.size();
         if shape != [self.len] {
-            bail!(
+            return Err(Error::Counts(format!(
                 "cum_samples has shape {shape:?}, expected [{}]: the checkpoint does not match this head",
                 self.len
-            );
+            )));
         }
         if self.var.device() != device {
-            bail!(
+            return Err(Error::Device(format!(
                 "cum_samples is on {:?} but cls_score is on {device:?}; build the loss under a VarStore on the scores' device",
                 self.var.device()
-            );
+            )));
         }
         Ok(())
     }
 
-    /// Brings float counts from a checkpoint back to int64; call once they are
-    /// known to be finite and non-negative.
-    pub(crate) fn normalize(&self) {
+    /// Brings counts of another kind (a checkpoint's) back to int64; call
+    /// once they are known to be finite, non-negative whole numbers within
+    /// int64.
+    pub(crate) fn normalize(&self) -> Result<()> {
         if self.var.kind() != Kind::Int64 {
             let _guard = tch::no_grad_guard();
-            let exact = self.var.round().to_kind(Kind::Int64);
+            let exact = self.var.f_round()?.f_to_kind(Kind::Int64)?;
             let mut var = self.var.shallow_clone();
-            var.set_data(&exact);
+            var.f_set_data(&exact)?;
         }
+        Ok(())
     }
 
     /// Adds `step` to `counts[label]` for every label (1 counts a batch, -1
@@ -75,7 +88,7 @@ impl Counts {
             return Ok(());
         }
         let _guard = tch::no_grad_guard();
-        let steps = Tensor::full([labels.numel() as i64], step, (Kind::Int64, labels.device()));
+        let steps = Tensor::f_full([labels.numel() as i64], step, (Kind::Int64, labels.device()))?;
         let mut var = self.var.shallow_clone();
         let _ = var.f_index_add_(0, labels, &steps)?;
         Ok(())

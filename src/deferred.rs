@@ -19,8 +19,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tch::Device;
 
-use crate::config::{Head, SeesawConfig};
+use crate::config::SeesawConfig;
+use crate::error::Error;
 use crate::fused::cuda::Arg;
+use crate::inputs::label_bounds;
 use crate::params::{ERROR_COUNT, ERROR_KIND, ERROR_LABEL, ERROR_LEN, ERROR_ROW, ERROR_SET, ERROR_VALUE, ERROR_WEIGHT};
 
 /// What was wrong with a batch.
@@ -43,35 +45,31 @@ pub(crate) struct BadBatch {
 }
 
 impl BadBatch {
-    /// What to tell the caller; `earlier` says it was a previous call's batch.
-    pub(crate) fn message(&self, config: &SeesawConfig, earlier: bool) -> String {
-        let what = match self.problem {
-            Problem::Label => {
-                let c = config.num_classes();
-                let allowed = match config.head() {
-                    Head::Detection => format!("[0, {c}] ({c} = background)"),
-                    Head::Classification => format!("[0, {c})"),
-                };
-                let negative = if self.value < 0 { "negative " } else { "" };
-                format!(
-                    "labels must be in {allowed}, found {negative}label {} at row {}",
-                    self.value, self.row
-                )
-            }
-            Problem::Weight => format!(
-                "label_weights must be finite, found {} at row {}",
-                f32::from_bits(self.value as u32),
-                self.row
-            ),
-            Problem::Count => format!(
-                "cum_samples holds NaN, infinite or negative counts (from a checkpoint?): counter {} is {}",
-                self.row, self.value
-            ),
-        };
-        if earlier {
-            format!("{what} (in the batch of an earlier call, which changed nothing: its losses were NaN, its gradient zero, its labels not counted)")
-        } else {
-            format!("{what}; the counts were left as they are")
+    /// The error to return; `earlier_call` says it was a previous call's
+    /// batch.
+    pub(crate) fn into_error(self, config: &SeesawConfig, earlier_call: bool) -> Error {
+        match self.problem {
+            Problem::Label => Error::Label {
+                row: Some(self.row),
+                label: self.value,
+                allowed: label_bounds(config).1,
+                earlier_call,
+            },
+            Problem::Weight => Error::Weight {
+                row: Some((self.row, f32::from_bits(self.value as u32))),
+                earlier_call,
+            },
+            Problem::Count => Error::Counts(format!(
+                "cum_samples holds a value that is not a count (from a checkpoint?): counter {} is {}, \
+                 negative or within this batch of int64's limit; {}",
+                self.row,
+                self.value,
+                if earlier_call {
+                    "an earlier call's batch changed nothing"
+                } else {
+                    "the counts were left as they are"
+                }
+            )),
         }
     }
 }

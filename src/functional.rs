@@ -1,11 +1,11 @@
 //! The functional form, for callers who keep their own counts: the shape of
 //! the Python references' `seesaw_ce_loss`.
 
-use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::call::Call;
 use crate::config::{Reduction, SeesawConfig};
+use crate::error::{Error, Result};
 use crate::{fused, inputs, reference};
 
 /// Seesaw cross-entropy of `cls_score` `[N, C]` for `labels` `[N]` in
@@ -40,7 +40,9 @@ pub fn seesaw_ce_loss(
 ) -> Result<Tensor> {
     let shape = cls_score.size();
     if shape.len() != 2 {
-        bail!("cls_score must be 2-D [N, C], got shape {shape:?}");
+        return Err(Error::Shape(format!(
+            "cls_score must be 2-D [N, C], got shape {shape:?}"
+        )));
     }
     let config = SeesawConfig::classification(shape[1]).p(p).q(q).eps(eps);
     config.validate()?;
@@ -51,26 +53,34 @@ pub fn seesaw_ce_loss(
     let weights = inputs::check_weights(label_weights, rows, device, compute_kind)?;
     inputs::check_reduction(reduction, avg_factor)?;
     if cum_samples.size() != [shape[1]] {
-        bail!(
+        return Err(Error::Counts(format!(
             "cum_samples must have shape [{}] (one count per class), got {:?}",
             shape[1],
             cum_samples.size()
-        );
+        )));
     }
     if matches!(
         cum_samples.kind(),
         Kind::Bool | Kind::ComplexFloat | Kind::ComplexDouble
     ) {
-        bail!("cum_samples must be numeric, got {:?}", cum_samples.kind());
+        return Err(Error::Counts(format!(
+            "cum_samples must be numeric, got {:?}",
+            cum_samples.kind()
+        )));
     }
     inputs::check_device("cum_samples", cum_samples.device(), device)?;
     let report = inputs::inspect(&labels, Some(cum_samples), weights.as_ref())?;
     inputs::check_label_range(&config, report.label_range)?;
     if report.bad_counts {
-        bail!("cum_samples holds NaN, infinite or negative counts");
+        return Err(Error::Counts(
+            "cum_samples holds NaN, infinite, fractional or negative counts".into(),
+        ));
     }
     if report.bad_weights {
-        bail!("label_weights must be finite, found NaN or an infinite weight");
+        return Err(Error::Weight {
+            row: None,
+            earlier_call: false,
+        });
     }
     let log_counts = cum_samples.detach().to_kind(compute_kind).clamp_min(1.0).log();
     let fused = fused::unsupported(device, cls_score.kind()).is_none();

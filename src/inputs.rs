@@ -1,10 +1,10 @@
 //! Checks of a call's tensors. Everything here runs before the counts change,
 //! so an error leaves the loss's state as it was.
 
-use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{Head, Reduction, SeesawConfig};
+use crate::error::{Error, Result};
 
 /// The floating kinds accepted for scores; the loss is computed in
 /// [`compute_kind`].
@@ -31,18 +31,22 @@ pub(crate) fn check_scores(config: &SeesawConfig, cls_score: &Tensor) -> Result<
         Head::Classification => format!("[N, {width}]"),
     };
     if shape.len() != 2 {
-        bail!("cls_score must be 2-D {expected}, got shape {shape:?}");
+        return Err(Error::Shape(format!(
+            "cls_score must be 2-D {expected}, got shape {shape:?}"
+        )));
     }
     let kind = cls_score.kind();
     if !is_score_kind(kind) {
-        bail!("cls_score must be f32, f64, f16 or bf16, got {kind:?}");
+        return Err(Error::Dtype(format!(
+            "cls_score must be f32, f64, f16 or bf16, got {kind:?}"
+        )));
     }
     if shape[1] != width {
-        bail!(
+        return Err(Error::Shape(format!(
             "cls_score has {} columns but the {} head expects {expected}",
             shape[1],
             head_name(config)
-        );
+        )));
     }
     Ok(shape[0])
 }
@@ -58,20 +62,25 @@ fn head_name(config: &SeesawConfig) -> &'static str {
 pub(crate) fn check_labels(labels: &Tensor, rows: i64, device: Device) -> Result<Tensor> {
     let kind = labels.kind();
     if !matches!(kind, Kind::Int64 | Kind::Int) {
-        bail!("labels must hold integer class indices (int64 or int32), got {kind:?}");
+        return Err(Error::Dtype(format!(
+            "labels must hold integer class indices (int64 or int32), got {kind:?}"
+        )));
     }
     let shape = labels.size();
     if shape.len() != 1 {
-        bail!("labels must be 1-D [N], got shape {shape:?}");
+        return Err(Error::Shape(format!("labels must be 1-D [N], got shape {shape:?}")));
     }
     if shape[0] != rows {
-        bail!("labels has {} entries but cls_score has {rows} rows", shape[0]);
+        return Err(Error::Shape(format!(
+            "labels has {} entries but cls_score has {rows} rows",
+            shape[0]
+        )));
     }
     check_device("labels", labels.device(), device)?;
     Ok(if kind == Kind::Int64 {
         labels.shallow_clone()
     } else {
-        labels.to_kind(Kind::Int64)
+        labels.f_to_kind(Kind::Int64)?
     })
 }
 
@@ -81,28 +90,41 @@ pub(crate) fn check_weights(weights: Option<&Tensor>, rows: i64, device: Device,
     let Some(weights) = weights else { return Ok(None) };
     let wkind = weights.kind();
     if !is_score_kind(wkind) {
-        bail!("label_weights must be floating (f32, f64, f16 or bf16), got {wkind:?}");
+        return Err(Error::Dtype(format!(
+            "label_weights must be floating (f32, f64, f16 or bf16), got {wkind:?}"
+        )));
     }
     let shape = weights.size();
     if shape.len() != 1 || shape[0] != rows {
-        bail!("label_weights must have shape [{rows}] (one weight per cls_score row), got {shape:?}");
+        return Err(Error::Shape(format!(
+            "label_weights must have shape [{rows}] (one weight per cls_score row), got {shape:?}"
+        )));
     }
     check_device("label_weights", weights.device(), device)?;
-    Ok(Some(weights.detach().to_kind(kind)))
+    let weights = weights.detach();
+    Ok(Some(if wkind == kind {
+        weights
+    } else {
+        weights.f_to_kind(kind)?
+    }))
 }
 
 /// `avg_factor` only makes sense with a mean, as in mmdetection's
 /// `weight_reduce_loss` (with `None` it is ignored).
 pub(crate) fn check_reduction(reduction: Reduction, avg_factor: Option<f64>) -> Result<()> {
     if let (Reduction::Sum, Some(avg)) = (reduction, avg_factor) {
-        bail!("avg_factor ({avg}) cannot be used with Reduction::Sum; use Reduction::Mean");
+        return Err(Error::AvgFactor(format!(
+            "avg_factor ({avg}) cannot be used with Reduction::Sum; use Reduction::Mean"
+        )));
     }
     Ok(())
 }
 
 pub(crate) fn check_device(what: &str, got: Device, expected: Device) -> Result<()> {
     if got != expected {
-        bail!("{what} is on {got:?} but cls_score is on {expected:?}; all tensors of a call must be on one device");
+        return Err(Error::Device(format!(
+            "{what} is on {got:?} but cls_score is on {expected:?}; all tensors of a call must be on one device"
+        )));
     }
     Ok(())
 }
@@ -111,7 +133,8 @@ pub(crate) fn check_device(what: &str, got: Device, expected: Device) -> Result<
 pub(crate) struct DataReport {
     /// Smallest and largest label, `None` when there are no rows.
     pub label_range: Option<(i64, i64)>,
-    /// Whether any counter is NaN, infinite or negative.
+    /// Whether any counter is not a count: NaN, infinite, fractional,
+    /// negative, or within this batch of int64's limit.
     pub bad_counts: bool,
     /// Whether any weight is NaN or infinite.
     pub bad_weights: bool,
@@ -125,33 +148,34 @@ pub(crate) struct DataReport {
 pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, weights: Option<&Tensor>) -> Result<DataReport> {
     let _guard = tch::no_grad_guard();
     // Few operations: at small N each one's dispatch costs more than its work.
+    // Fallible ones: a libtorch failure (out of memory) is an error.
     let mut parts = Vec::with_capacity(4);
     let has_rows = labels.numel() > 0;
     if has_rows {
-        let (lo, hi) = labels.aminmax(None, false);
-        parts.push(lo.view([1]));
-        parts.push(hi.view([1]));
+        let (lo, hi) = labels.f_aminmax(None, false)?;
+        parts.push(lo.f_view([1])?);
+        parts.push(hi.f_view([1])?);
     }
     let weights = weights.filter(|w| w.numel() > 0);
     if let Some(w) = weights {
-        parts.push(w.isfinite().logical_not().any().to_kind(Kind::Int64).view([1]));
+        let bad = w.f_isfinite()?.f_logical_not()?.f_any()?;
+        parts.push(bad.f_to_kind(Kind::Int64)?.f_view([1])?);
     }
-    // The last part is bad when negative: the smallest of int64 counts (the
-    // usual case), or minus a flag of float counts from a checkpoint.
+    // The last part flags counts that are not counts: negative, or so large
+    // that this batch could overflow int64; floating ones (a checkpoint's)
+    // also when not finite or not whole.
     let counts = counts.filter(|c| c.numel() > 0);
     if let Some(counts) = counts {
-        let flag = if counts.is_floating_point() {
-            counts
-                .isnan()
-                .logical_or(&counts.isinf())
-                .logical_or(&counts.lt(0.0))
-                .any()
-                .to_kind(Kind::Int64)
-                .neg()
-        } else {
-            counts.min().to_kind(Kind::Int64)
-        };
-        parts.push(flag.view([1]));
+        let limit = i64::MAX - labels.numel() as i64;
+        let mut bad = counts.f_lt(0)?.f_logical_or(&counts.f_gt(limit)?)?;
+        if counts.is_floating_point() {
+            let fraction = counts.f_sub(&counts.f_round()?)?.f_abs()?;
+            bad = bad
+                .f_logical_or(&counts.f_isnan()?)?
+                .f_logical_or(&counts.f_isinf()?)?
+                .f_logical_or(&fraction.f_gt(1e-3)?)?;
+        }
+        parts.push(bad.f_any()?.f_to_kind(Kind::Int64)?.f_view([1])?);
     }
     if parts.is_empty() {
         return Ok(DataReport {
@@ -161,15 +185,15 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, weights: Option<
         });
     }
     crate::probe::host_read();
-    let mut host = Tensor::cat(&parts, 0);
+    let mut host = Tensor::f_cat(&parts, 0)?;
     if host.device() != Device::Cpu {
-        host = host.to_device(Device::Cpu);
+        host = host.f_to_device(Device::Cpu)?;
     }
-    let values = Vec::<i64>::try_from(&host).context("reading the label range back")?;
+    let values = Vec::<i64>::try_from(&host)?;
     let label_range = has_rows.then(|| (values[0], values[1]));
     let weights_at = if has_rows { 2 } else { 0 };
     let bad_weights = weights.is_some() && values[weights_at] != 0;
-    let bad_counts = counts.is_some() && values[values.len() - 1] < 0;
+    let bad_counts = counts.is_some() && values[values.len() - 1] != 0;
     Ok(DataReport {
         label_range,
         bad_counts,
@@ -177,20 +201,31 @@ pub(crate) fn inspect(labels: &Tensor, counts: Option<&Tensor>, weights: Option<
     })
 }
 
-/// Checks the label range against the head: `[0, C]` for detection (C is
-/// background), `[0, C)` for classification.
-pub(crate) fn check_label_range(config: &SeesawConfig, range: Option<(i64, i64)>) -> Result<()> {
-    let Some((lo, hi)) = range else { return Ok(()) };
+/// The largest label the head takes and the allowed range as text: `[0, C]`
+/// for detection (C is background), `[0, C)` for classification.
+pub(crate) fn label_bounds(config: &SeesawConfig) -> (i64, String) {
     let c = config.num_classes();
-    let (max_ok, allowed) = match config.head() {
+    match config.head() {
         Head::Detection => (c, format!("[0, {c}] ({c} = background)")),
         Head::Classification => (c - 1, format!("[0, {c})")),
+    }
+}
+
+/// Checks the label range against the head.
+pub(crate) fn check_label_range(config: &SeesawConfig, range: Option<(i64, i64)>) -> Result<()> {
+    let Some((lo, hi)) = range else { return Ok(()) };
+    let (max_ok, allowed) = label_bounds(config);
+    let bad = if lo < 0 {
+        lo
+    } else if hi > max_ok {
+        hi
+    } else {
+        return Ok(());
     };
-    if lo < 0 {
-        bail!("labels must be in {allowed}, found negative label {lo}");
-    }
-    if hi > max_ok {
-        bail!("labels must be in {allowed}, found label {hi}");
-    }
-    Ok(())
+    Err(Error::Label {
+        row: None,
+        label: bad,
+        allowed,
+        earlier_call: false,
+    })
 }

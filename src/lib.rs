@@ -39,6 +39,7 @@ mod call;
 mod config;
 mod counts;
 mod deferred;
+mod error;
 mod functional;
 mod fused;
 mod inputs;
@@ -53,6 +54,7 @@ pub mod testing;
 pub mod link;
 
 pub use config::{Backend, Checks, Head, Reduction, SeesawConfig};
+pub use error::{Error, Result};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
 pub use loss::{ComputePath, PathChoice, SeesawAccuracy, SeesawLoss, SeesawOutput};

@@ -10,7 +10,7 @@
 
 use std::ffi::{CStr, CString};
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 
 /// Loads `libtorch_cuda.so` from the folder of the libtorch already loaded
 /// into the process, so that libtorch registers its CUDA backend. Returns
@@ -22,11 +22,13 @@ use anyhow::{bail, Result};
 /// # let _ = has_cuda_build;
 /// // A CUDA device is now visible to tch if the machine has one.
 /// let _ = tch::Cuda::is_available();
-/// # Ok::<(), anyhow::Error>(())
+/// # Ok::<(), seesaw_loss::Error>(())
 /// ```
 pub fn load_torch_cuda() -> Result<bool> {
     let Some(dir) = mapped_dir(|name| name == "libtorch_cpu.so") else {
-        bail!("could not find the folder of the loaded libtorch (libtorch_cpu.so)");
+        return Err(Error::Internal(
+            "could not find the folder of the loaded libtorch (libtorch_cpu.so)".into(),
+        ));
     };
     let path = dir.join("libtorch_cuda.so");
     if !path.exists() {
@@ -82,7 +84,8 @@ pub(crate) fn preload_nvrtc_builtins() -> Result<()> {
 /// dlopen with RTLD_GLOBAL; the handle is kept for the life of the process on
 /// purpose (what it registers must stay).
 fn dlopen_global(path: &std::path::Path) -> Result<()> {
-    let c_path = CString::new(path.to_string_lossy().as_bytes())?;
+    let c_path = CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|_| Error::Internal(format!("{} holds a NUL byte", path.display())))?;
     // SAFETY: dlopen with a valid C string.
     let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if handle.is_null() {
@@ -95,7 +98,7 @@ fn dlopen_global(path: &std::path::Path) -> Result<()> {
                 CStr::from_ptr(e).to_string_lossy().into_owned()
             }
         };
-        bail!("loading {}: {why}", path.display());
+        return Err(Error::Internal(format!("loading {}: {why}", path.display())));
     }
     Ok(())
 }

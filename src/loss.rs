@@ -2,13 +2,13 @@
 
 use std::borrow::Borrow;
 
-use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{Call, Parts};
 use crate::config::{Backend, Checks, Head, Reduction, SeesawConfig};
 use crate::counts::Counts;
 use crate::deferred::{BadBatch, ErrorRecord};
+use crate::error::{Error, Result};
 use crate::params::SeesawParams;
 use crate::{fused, inputs, reference};
 
@@ -335,15 +335,20 @@ impl SeesawLoss {
             let report = inputs::inspect(&labels, Some(self.counts.raw()), weights.as_ref())?;
             inputs::check_label_range(config, report.label_range)?;
             if report.bad_weights {
-                bail!(
-                    "label_weights must be finite, found NaN or an infinite weight; the counts were left as they are"
-                );
+                return Err(Error::Weight {
+                    row: None,
+                    earlier_call: false,
+                });
             }
             if report.bad_counts {
-                bail!("cum_samples holds NaN, infinite or negative counts (from a checkpoint?); the counts were left as they are");
+                return Err(Error::Counts(
+                    "cum_samples holds NaN, infinite, fractional or negative counts, or counts this batch \
+                     would take past int64 (from a checkpoint?); the counts were left as they are"
+                        .into(),
+                ));
             }
         }
-        self.counts.normalize();
+        self.counts.normalize()?;
         if !use_fused {
             // From here on the inputs are known good: the counts take the batch.
             self.counts.add(&labels, 1)?;
@@ -351,10 +356,7 @@ impl SeesawLoss {
             let call = Call::new(
                 config, cls_score, labels, weights, log_counts, None, reduction, avg_factor,
             );
-            return compute(&call, false).map_err(|e| match self.counts.add(&call.labels, -1) {
-                Ok(()) => e,
-                Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
-            });
+            return compute(&call, false).map_err(|e| undone(e, self.counts.add(&call.labels, -1)));
         }
 
         // The fused paths check, count and prepare in one step; a bad batch
@@ -364,7 +366,7 @@ impl SeesawLoss {
         let counted = prepared.bad.is_none();
         if let Some(bad) = prepared.bad {
             match checks {
-                Checks::Immediate => bail!(bad.message(config, false)),
+                Checks::Immediate => return Err(bad.into_error(config, false)),
                 Checks::Deferred => self.pending = Some(bad),
             }
         }
@@ -381,16 +383,13 @@ impl SeesawLoss {
         compute(&call, true).map_err(|e| {
             // The kernel's rollback skips a batch its prepare step found bad.
             let undo = if on_kernel {
-                fused::cuda::add_counts(self.counts.raw(), &call.labels, -1, call.state.as_ref())
+                fused::cuda::add_counts(self.counts.raw(), &call.labels, -1, call.state.as_ref()).map_err(Error::from)
             } else if counted {
                 self.counts.add(&call.labels, -1)
             } else {
                 Ok(())
             };
-            match undo {
-                Ok(()) => e,
-                Err(undo) => e.context(format!("taking the batch back out of the counts failed too: {undo:#}")),
-            }
+            undone(e, undo)
         })
     }
 
@@ -402,7 +401,7 @@ impl SeesawLoss {
             .take()
             .or_else(|| self.fused.record.as_mut().and_then(ErrorRecord::take));
         match found {
-            Some(bad) => bail!(bad.message(&self.config, true)),
+            Some(bad) => Err(bad.into_error(&self.config, true)),
             None => Ok(()),
         }
     }
@@ -472,10 +471,10 @@ impl SeesawLoss {
                 path: ComputePath::Reference,
                 reason: "Backend::Reference was configured".into(),
             },
-            (Backend::Fused, Some(why)) => bail!("Backend::Fused requested but {why}"),
+            (Backend::Fused, Some(why)) => return Err(why),
             (Backend::Auto, Some(why)) => PathChoice {
                 path: ComputePath::Reference,
-                reason: format!("Backend::Auto falls back because {why}"),
+                reason: format!("Backend::Auto falls back: {why}"),
             },
             (_, None) => {
                 let path = fused();
@@ -600,6 +599,17 @@ impl From<Parts> for SeesawOutput {
             classes: parts.classes,
             objectness: parts.objectness,
         }
+    }
+}
+
+/// The error of a call whose batch was taken back out of the counts by
+/// `undo`; when that failed too, the error says both.
+fn undone(e: Error, undo: Result<()>) -> Error {
+    match undo {
+        Ok(()) => e,
+        Err(undo) => Error::Internal(format!(
+            "{e}; taking the batch back out of the counts failed too ({undo}): the counts may hold it"
+        )),
     }
 }
 

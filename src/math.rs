@@ -140,6 +140,18 @@ fn max0(x: f32) -> f32 {
     }
 }
 
+/// A loss the rounding took below its exact bound of 0, as 0; NaN stays
+/// NaN. The label's own term is in `logsumexp(z')`, so the exact class loss
+/// is never negative.
+#[inline(always)]
+fn non_negative(loss: f32) -> f32 {
+    if loss < 0.0 {
+        0.0
+    } else {
+        loss
+    }
+}
+
 #[inline(always)]
 fn min0(x: f32) -> f32 {
     if x < 0.0 {
@@ -259,7 +271,7 @@ pub(crate) fn class_forward(params: &SeesawParams, z: &[f32], label: usize, log_
         }
     }
     let lse_adjusted = shift + sum.ln();
-    (lse_adjusted - z_y, RowStats { lse, lse_adjusted })
+    (non_negative(lse_adjusted - z_y), RowStats { lse, lse_adjusted })
 }
 
 /// Per-call constants of [`class_forward_powered`]: `P_j` for every class and
@@ -372,7 +384,7 @@ pub(crate) fn class_forward_powered(
         + powered_sum(&e[label + 1..], &p[label + 1..], inv_p_y, k, powered.q)
         + e[label];
     let lse_adjusted = m + sum.ln();
-    (lse_adjusted - z_y, RowStats { lse, lse_adjusted })
+    (non_negative(lse_adjusted - z_y), RowStats { lse, lse_adjusted })
 }
 
 /// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`

@@ -23,7 +23,7 @@
 //! loss.forward(&Tensor::zeros([2, 4], (Kind::Float, Device::Cpu)), &Tensor::from_slice(&[0i64, 3]), None, None)?;
 //! // Without emulation, CPU calls run the CPU mirror: no kernel launches.
 //! assert_eq!(testing::kernel_launches(), launches);
-//! # Ok::<(), anyhow::Error>(())
+//! # Ok::<(), seesaw_loss::Error>(())
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,8 +151,9 @@ pub mod cuda {
     use std::ffi::c_char;
     use std::sync::Arc;
 
-    use anyhow::{bail, Result};
     use cudarc::driver::{sys, CudaGraph, CudaStream};
+
+    use crate::error::{Error, Result};
 
     extern "C" {
         fn seesaw_testing_set_stream(device: i64, side: i32, err: *mut c_char) -> i32;
@@ -162,7 +163,7 @@ pub mod cuda {
         let mut err = vec![0 as c_char; crate::autograd::ERR_LEN];
         // SAFETY: an error buffer of ERR_LEN bytes.
         if unsafe { seesaw_testing_set_stream(device, side as i32, err.as_mut_ptr()) } != 0 {
-            bail!(crate::autograd::message(&err));
+            return Err(Error::Internal(crate::autograd::message(&err)));
         }
         Ok(())
     }
@@ -172,7 +173,7 @@ pub mod cuda {
     ///
     /// ```no_run
     /// seesaw_loss::testing::cuda::use_side_stream(0)?;
-    /// # Ok::<(), anyhow::Error>(())
+    /// # Ok::<(), seesaw_loss::Error>(())
     /// ```
     pub fn use_side_stream(device: i64) -> Result<()> {
         set_stream(device, true)
@@ -182,7 +183,7 @@ pub mod cuda {
     ///
     /// ```no_run
     /// seesaw_loss::testing::cuda::use_default_stream(0)?;
-    /// # Ok::<(), anyhow::Error>(())
+    /// # Ok::<(), seesaw_loss::Error>(())
     /// ```
     pub fn use_default_stream(device: i64) -> Result<()> {
         set_stream(device, false)
@@ -205,24 +206,29 @@ pub mod cuda {
         /// use_side_stream(0)?;
         /// let graph = Graph::capture(0, || Ok(()))?;
         /// graph.replay()?;
-        /// # Ok::<(), anyhow::Error>(())
+        /// # Ok::<(), seesaw_loss::Error>(())
         /// ```
         pub fn capture(device: usize, work: impl FnOnce() -> Result<()>) -> Result<Graph> {
-            let kernels = crate::fused::device::kernels(device).map_err(anyhow::Error::msg)?;
+            let driver = |e: cudarc::driver::DriverError| Error::Internal(format!("CUDA graph capture: {e:?}"));
+            let kernels = crate::fused::device::kernels(device).map_err(Error::KernelUnavailable)?;
             let stream = crate::fused::device::current_stream(&kernels, device)?;
-            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+            stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(driver)?;
             let outcome = work();
-            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
+            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
             outcome?;
             match graph {
                 Some(graph) => Ok(Graph { graph, _stream: stream }),
-                None => bail!("the capture recorded no work"),
+                None => Err(Error::Internal("the capture recorded no work".into())),
             }
         }
 
         /// Runs the captured work again.
         pub fn replay(&self) -> Result<()> {
-            Ok(self.graph.launch()?)
+            self.graph
+                .launch()
+                .map_err(|e| Error::Internal(format!("CUDA graph replay: {e:?}")))
         }
     }
 }

@@ -4,21 +4,34 @@
 mod common;
 
 use common::{set_counts, to_i64};
-use seesaw_loss::{Backend, Checks, Reduction, SeesawConfig, SeesawLoss};
+use seesaw_loss::{Backend, Checks, Error, Reduction, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 fn zeros(shape: &[i64], kind: Kind) -> Tensor {
     Tensor::zeros(shape, (kind, Device::Cpu))
 }
 
-/// Runs `call` on a detection loss (C = 3) whose counts are [1, 2, 3, 4] and
-/// checks the error message and that the counts did not move.
-fn expect_error(config: SeesawConfig, call: impl FnOnce(&mut SeesawLoss) -> anyhow::Result<()>, needle: &str) {
+/// `|e| matches!(e, Error::$variant { .. })`: the error's variant.
+macro_rules! is {
+    ($variant:ident) => {
+        |e: &Error| matches!(e, Error::$variant { .. })
+    };
+}
+
+/// Runs `call` on a loss whose counts are [1, 2, ...] and checks the error's
+/// variant and message and that the counts did not move.
+fn expect_error(
+    config: SeesawConfig,
+    call: impl FnOnce(&mut SeesawLoss) -> seesaw_loss::Result<()>,
+    variant: fn(&Error) -> bool,
+    needle: &str,
+) {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), config.clone()).unwrap();
     let start: Vec<i64> = (1..=config.num_counters()).collect();
     set_counts(&vs, &start);
     let err = call(&mut loss).expect_err("expected an error");
+    assert!(variant(&err), "unexpected variant: {err:?}");
     let msg = format!("{err:#}");
     assert!(msg.contains(needle), "message {msg:?} does not contain {needle:?}");
     assert_eq!(
@@ -32,7 +45,7 @@ fn det() -> SeesawConfig {
     SeesawConfig::detection(3)
 }
 
-fn fwd(loss: &mut SeesawLoss, x: &Tensor, y: &Tensor) -> anyhow::Result<()> {
+fn fwd(loss: &mut SeesawLoss, x: &Tensor, y: &Tensor) -> seesaw_loss::Result<()> {
     loss.forward(x, y, None, None).map(|_| ())
 }
 
@@ -42,11 +55,13 @@ fn wrong_width_for_the_head() {
     expect_error(
         det(),
         |l| fwd(l, &zeros(&[2, 3], Kind::Float), &y),
+        is!(Shape),
         "cls_score has 3 columns but the detection head expects [N, 5]",
     );
     expect_error(
         SeesawConfig::classification(3),
         |l| fwd(l, &zeros(&[2, 5], Kind::Float), &y),
+        is!(Shape),
         "cls_score has 5 columns but the classification head expects [N, 3]",
     );
 }
@@ -57,11 +72,13 @@ fn scores_not_two_dimensional() {
     expect_error(
         det(),
         |l| fwd(l, &zeros(&[2, 5, 1], Kind::Float), &y),
+        is!(Shape),
         "cls_score must be 2-D",
     );
     expect_error(
         det(),
         |l| fwd(l, &zeros(&[5], Kind::Float), &y),
+        is!(Shape),
         "cls_score must be 2-D",
     );
 }
@@ -72,9 +89,15 @@ fn integer_or_bool_scores() {
     expect_error(
         det(),
         |l| fwd(l, &zeros(&[2, 5], Kind::Int64), &y),
+        is!(Dtype),
         "cls_score must be f32, f64, f16 or bf16, got Int64",
     );
-    expect_error(det(), |l| fwd(l, &zeros(&[2, 5], Kind::Bool), &y), "got Bool");
+    expect_error(
+        det(),
+        |l| fwd(l, &zeros(&[2, 5], Kind::Bool), &y),
+        is!(Dtype),
+        "got Bool",
+    );
 }
 
 #[test]
@@ -83,16 +106,19 @@ fn labels_out_of_range() {
     expect_error(
         det(),
         |l| fwd(l, &x, &Tensor::from_slice(&[0i64, 4])),
+        is!(Label),
         "labels must be in [0, 3] (3 = background), found label 4",
     );
     expect_error(
         det(),
         |l| fwd(l, &x, &Tensor::from_slice(&[-1i64, 2])),
+        is!(Label),
         "found negative label -1",
     );
     expect_error(
         SeesawConfig::classification(5),
         |l| fwd(l, &x, &Tensor::from_slice(&[0i64, 5])),
+        is!(Label),
         "labels must be in [0, 5), found label 5",
     );
 }
@@ -103,9 +129,15 @@ fn floating_or_bool_labels() {
     expect_error(
         det(),
         |l| fwd(l, &x, &Tensor::from_slice(&[0.0f32, 1.0])),
+        is!(Dtype),
         "labels must hold integer class indices (int64 or int32), got Float",
     );
-    expect_error(det(), |l| fwd(l, &x, &Tensor::from_slice(&[true, false])), "got Bool");
+    expect_error(
+        det(),
+        |l| fwd(l, &x, &Tensor::from_slice(&[true, false])),
+        is!(Dtype),
+        "got Bool",
+    );
 }
 
 #[test]
@@ -114,11 +146,13 @@ fn label_or_weight_length_different_from_rows() {
     expect_error(
         det(),
         |l| fwd(l, &x, &Tensor::from_slice(&[0i64, 1, 2])),
+        is!(Shape),
         "labels has 3 entries but cls_score has 2 rows",
     );
     expect_error(
         det(),
         |l| fwd(l, &x, &Tensor::from_slice(&[0i64, 1]).view([2, 1])),
+        is!(Shape),
         "labels must be 1-D [N]",
     );
     let y = Tensor::from_slice(&[0i64, 1]);
@@ -126,12 +160,14 @@ fn label_or_weight_length_different_from_rows() {
     expect_error(
         det(),
         |l| l.forward(&x, &y, Some(&w), None).map(|_| ()),
+        is!(Shape),
         "label_weights must have shape [2]",
     );
     let wi = Tensor::from_slice(&[1i64, 1]);
     expect_error(
         det(),
         |l| l.forward(&x, &y, Some(&wi), None).map(|_| ()),
+        is!(Dtype),
         "label_weights must be floating",
     );
 }
@@ -149,6 +185,7 @@ fn avg_factor_with_sum() {
             l.forward_with_reduction(&x, &y, None, Some(4.0), Reduction::Sum)
                 .map(|_| ())
         },
+        is!(AvgFactor),
         "avg_factor (4) cannot be used with Reduction::Sum",
     );
 }
@@ -159,7 +196,8 @@ fn fused_requested_where_none_exists() {
     expect_error(
         det().backend(Backend::Fused),
         |l| fwd(l, &zeros(&[2, 5], Kind::Double), &y),
-        "Backend::Fused requested but the fused path computes f32, f16 and bf16 scores, got Double",
+        is!(Dtype),
+        "the fused path computes f32, f16 and bf16 scores, got Double",
     );
 }
 
@@ -178,9 +216,18 @@ fn invalid_config() {
         (det().eps(0.0), "eps must be a finite number > 0"),
         (det().eps(-1e-3), "eps must be a finite number > 0"),
         (det().p(f64::NAN), "p must be a finite number >= 0"),
+        // What f32, in which the fused paths compute, cannot hold.
+        (det().eps(1e-40), "eps must be at least 1.1754944e-38"),
+        (
+            det().loss_weight(1e39),
+            "loss_weight must be finite and within f32's range",
+        ),
+        (det().p(1e39), "p must be a finite number >= 0 within f32's range"),
+        (det().q(f64::INFINITY), "q must be a finite number >= 0"),
     ];
     for (config, needle) in cases {
         let err = SeesawLoss::new(vs.root(), config).err().expect("expected an error");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
         assert!(err.to_string().contains(needle), "{err} / {needle}");
     }
 }

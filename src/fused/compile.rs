@@ -109,14 +109,22 @@ fn supported_archs() -> Result<Vec<u32>> {
 /// ```no_run
 /// let image = seesaw_loss::cuda::compile(90)?;
 /// assert_eq!(image.format, seesaw_loss::cuda::ImageFormat::Cubin);
-/// # Ok::<(), anyhow::Error>(())
+/// # Ok::<(), seesaw_loss::Error>(())
 /// ```
-pub fn compile(arch: u32) -> Result<KernelImage> {
+pub fn compile(arch: u32) -> crate::Result<KernelImage> {
     compile_with_cache(arch, cache_dir().as_deref())
 }
 
-/// [`compile`] with an explicit cache folder (`None`: no cache).
-pub fn compile_with_cache(arch: u32, cache: Option<&std::path::Path>) -> Result<KernelImage> {
+/// [`compile`] with an explicit cache folder (`None`: no cache). A failure
+/// is [`Error::KernelUnavailable`](crate::Error::KernelUnavailable) with
+/// NVRTC's reason (its log, for a compile error).
+pub fn compile_with_cache(arch: u32, cache: Option<&std::path::Path>) -> crate::Result<KernelImage> {
+    compile_or_explain(arch, cache).map_err(|e| crate::Error::KernelUnavailable(format!("{e:#}")))
+}
+
+/// [`compile_with_cache`] with the crate's internal error, for the callers
+/// that add their own context.
+pub(crate) fn compile_or_explain(arch: u32, cache: Option<&std::path::Path>) -> Result<KernelImage> {
     let (major, minor) = nvrtc_version()?;
     let supported = supported_archs()?;
     let (format, target) = if supported.contains(&arch) {

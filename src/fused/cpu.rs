@@ -74,7 +74,10 @@ pub(crate) fn prepare(
         })
     });
     let bad = bad_row.or_else(|| {
-        count_values.iter().position(|&c| c < 0).map(|j| BadBatch {
+        // Negative, or close enough to int64's limit that this batch could
+        // overflow it (as `seesaw_prepare` checks).
+        let limit = i64::MAX - n as i64;
+        count_values.iter().position(|&c| c < 0 || c > limit).map(|j| BadBatch {
             problem: Problem::Count,
             row: j as i64,
             value: count_values[j],
@@ -87,7 +90,7 @@ pub(crate) fn prepare(
     if bad.is_none() {
         for &label in label_values {
             let counter = &mut count_values[label as usize];
-            *counter = counter.checked_add(1).unwrap_or(i64::MAX);
+            *counter += 1; // cannot overflow: every counter is at most i64::MAX - n
         }
     }
     let log_counts = host_tensor(cache.table(&count_values[..classes]).iter().copied());

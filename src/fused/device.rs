@@ -82,7 +82,7 @@ pub(crate) fn kernels(ordinal: usize) -> Loaded {
 pub(crate) fn emulated_kernels() -> std::result::Result<(), String> {
     static EMULATED: OnceLock<Mutex<HashMap<usize, std::result::Result<(), String>>>> = OnceLock::new();
     remembered(EMULATED.get_or_init(Default::default), 0, "the kernel emulator", || {
-        compile::compile(90).map(|_| ())
+        compile::compile_or_explain(90, compile::cache_dir().as_deref()).map(|_| ())
     })
 }
 
@@ -110,7 +110,7 @@ fn load(ordinal: usize) -> Result<Arc<DeviceKernels>> {
     let _restore = ContextGuard::save()?;
     let context = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
     let (major, minor) = context.compute_capability()?;
-    let image = compile::compile((major * 10 + minor) as u32)?;
+    let image = compile::compile_or_explain((major * 10 + minor) as u32, compile::cache_dir().as_deref())?;
     let module = match image.format {
         ImageFormat::Cubin => context.load_module(Ptx::from_binary(image.bytes)),
         ImageFormat::Ptx => context.load_module(Ptx::from_src(

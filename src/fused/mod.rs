@@ -121,22 +121,19 @@ fn rows_on(device: Device) -> Result<RowsOn> {
 /// Why the fused path cannot take scores of `kind` on `device`, or `None`
 /// when it can. On a CUDA device the first ask compiles and loads the
 /// kernels (once per process and device).
-pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<String> {
+pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<crate::Error> {
+    use crate::Error;
     if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16) {
-        return Some(format!(
+        return Some(Error::Dtype(format!(
             "the fused path computes f32, f16 and bf16 scores, got {kind:?}; use Backend::Reference (or Auto) for f64"
-        ));
+        )));
     }
     match device {
         #[cfg(feature = "testing")]
-        Device::Cpu if crate::probe::emulating() => device::emulated_kernels()
-            .err()
-            .map(|why| format!("the CUDA kernels are unavailable: {why}")),
+        Device::Cpu if crate::probe::emulating() => device::emulated_kernels().err().map(Error::KernelUnavailable),
         Device::Cpu => None,
-        Device::Cuda(ordinal) => {
-            cuda::unavailable_reason(ordinal).map(|why| format!("the CUDA kernels are unavailable: {why}"))
-        }
-        other => Some(format!("no fused path for scores on {other:?}")),
+        Device::Cuda(ordinal) => cuda::unavailable_reason(ordinal).map(Error::KernelUnavailable),
+        other => Some(Error::Device(format!("no fused path for scores on {other:?}"))),
     }
 }
 
