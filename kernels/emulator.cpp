@@ -396,7 +396,7 @@ namespace emu {
 #define ROW_KERNELS(SUFFIX) \
     kernel("seesaw_forward_" #SUFFIX, seesaw_forward_##SUFFIX), \
         kernel("seesaw_backward_" #SUFFIX, seesaw_backward_##SUFFIX), \
-        kernel("seesaw_fused_" #SUFFIX, seesaw_fused_##SUFFIX)
+        kernel("seesaw_forward_backward_" #SUFFIX, seesaw_forward_backward_##SUFFIX)
 
 const std::vector<Kernel>& kernels() {
     static const std::vector<Kernel> table = {ROW_KERNELS(f32), ROW_KERNELS(f16), ROW_KERNELS(bf16),

@@ -8,7 +8,7 @@
 //   gradient pass  g_j = scale * (exp(z'_j - lse') - [j == y])
 // Three kernels use them: seesaw_forward (loss pass; keeps lse and lse' per
 // row for the autograd node's backward), seesaw_backward (gradient pass times
-// the upstream gradient), seesaw_fused (both, for forward_backward: the
+// the upstream gradient), seesaw_forward_backward (both, for forward_backward: the
 // gradient pass re-reads a row the warp has just pulled through L1/L2, so
 // DRAM sees one read of the logits and one write of the gradient).
 //
@@ -204,7 +204,7 @@ __device__ __forceinline__ float objectness_row(float fg, float bg, bool backgro
 // A call launches seesaw_prepare, then the row kernels: seesaw_forward (the
 // loss pass, keeping lse and lse' per row for the autograd node's backward)
 // and seesaw_backward (the gradient pass times the upstream gradient), or
-// seesaw_fused (both, for forward_backward: the gradient pass re-reads a row
+// seesaw_forward_backward (both, for forward_backward: the gradient pass re-reads a row
 // the warp has just pulled through L1/L2, so DRAM sees one read of the
 // logits and one write of the gradient). Everything O(N + C) of the call is
 // in them: no other launch and no host read is needed.
@@ -540,7 +540,7 @@ __device__ __forceinline__ void seesaw_grad_block(const SeesawParams& k, const T
         seesaw_grad_block<T>(k, logits, grad, labels, weights, log_counts, state, stats, up);                    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(32 * SEESAW_WARPS_PER_BLOCK)                                    \
-        seesaw_fused_##SUFFIX(SeesawParams k, const T* logits, T* grad, const i64* labels, const float* weights,  \
+        seesaw_forward_backward_##SUFFIX(SeesawParams k, const T* logits, T* grad, const i64* labels, const float* weights,  \
                               const float* log_counts, i64* state, float* row_class, float* row_obj,              \
                               float* partials, float* out_class, float* out_obj) {                               \
         const LossOut out = {row_class, row_obj, (float*)0, partials, out_class, out_obj};                       \

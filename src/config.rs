@@ -63,27 +63,38 @@ pub enum Head {
     Classification,
 }
 
-/// Configuration of a [`SeesawLoss`](crate::SeesawLoss), built with chained
-/// setters from [`SeesawConfig::detection`] or [`SeesawConfig::classification`].
+/// Configuration of a [`SeesawLoss`](crate::SeesawLoss): made by
+/// [`SeesawConfig::detection`] or [`SeesawConfig::classification`], set with
+/// the chained methods of the same names as the fields, read from the fields.
+/// [`SeesawLoss::new`](crate::SeesawLoss::new) checks the values.
 ///
 /// ```
 /// use seesaw_loss::{Reduction, SeesawConfig};
 /// let config = SeesawConfig::detection(1203).p(0.8).q(2.0).reduction(Reduction::Sum);
 /// assert_eq!(config.num_classes(), 1203);
+/// assert_eq!((config.p, config.reduction), (0.8, Reduction::Sum));
 /// ```
 #[derive(Clone, Debug)]
 pub struct SeesawConfig {
-    pub(crate) head: Head,
-    pub(crate) num_classes: i64,
-    pub(crate) p: f64,
-    pub(crate) q: f64,
-    pub(crate) eps: f64,
-    pub(crate) loss_weight: f64,
-    pub(crate) reduction: Reduction,
-    pub(crate) backend: Backend,
-    /// `None`: [`Checks::Deferred`] on the CUDA kernels, else
-    /// [`Checks::Immediate`].
-    pub(crate) checks: Option<Checks>,
+    head: Head,
+    num_classes: i64,
+    /// Exponent of the mitigation factor (default 0.8); 0 switches it off.
+    pub p: f64,
+    /// Exponent of the compensation factor (default 2.0); 0 switches it off.
+    pub q: f64,
+    /// Floor of the self score in the compensation ratio (default 1e-2).
+    pub eps: f64,
+    /// Factor on both parts of the loss (default 1.0).
+    pub loss_weight: f64,
+    /// The reduction of [`SeesawLoss::forward`](crate::SeesawLoss::forward)
+    /// (default [`Reduction::Mean`]).
+    pub reduction: Reduction,
+    /// Which implementation computes a call (default [`Backend::Auto`]).
+    pub backend: Backend,
+    /// When bad batches are reported; `None` (the default) is
+    /// [`Checks::Deferred`] on the CUDA kernels and [`Checks::Immediate`]
+    /// elsewhere.
+    pub checks: Option<Checks>,
 }
 
 impl SeesawConfig {
@@ -127,7 +138,7 @@ impl SeesawConfig {
     ///
     /// ```
     /// let config = seesaw_loss::SeesawConfig::classification(10).p(0.0);
-    /// assert_eq!(config.get_p(), 0.0);
+    /// assert_eq!(config.p, 0.0);
     /// ```
     pub fn p(mut self, v: f64) -> Self {
         self.p = v;
@@ -138,7 +149,7 @@ impl SeesawConfig {
     ///
     /// ```
     /// let config = seesaw_loss::SeesawConfig::classification(10).q(0.0);
-    /// assert_eq!(config.get_q(), 0.0);
+    /// assert_eq!(config.q, 0.0);
     /// ```
     pub fn q(mut self, v: f64) -> Self {
         self.q = v;
@@ -149,7 +160,7 @@ impl SeesawConfig {
     ///
     /// ```
     /// let config = seesaw_loss::SeesawConfig::classification(10).eps(1e-3);
-    /// assert_eq!(config.get_eps(), 1e-3);
+    /// assert_eq!(config.eps, 1e-3);
     /// ```
     pub fn eps(mut self, v: f64) -> Self {
         self.eps = v;
@@ -160,7 +171,7 @@ impl SeesawConfig {
     ///
     /// ```
     /// let config = seesaw_loss::SeesawConfig::classification(10).loss_weight(0.5);
-    /// assert_eq!(config.get_loss_weight(), 0.5);
+    /// assert_eq!(config.loss_weight, 0.5);
     /// ```
     pub fn loss_weight(mut self, v: f64) -> Self {
         self.loss_weight = v;
@@ -173,7 +184,7 @@ impl SeesawConfig {
     /// ```
     /// use seesaw_loss::{Reduction, SeesawConfig};
     /// let config = SeesawConfig::classification(10).reduction(Reduction::Sum);
-    /// assert_eq!(config.get_reduction(), Reduction::Sum);
+    /// assert_eq!(config.reduction, Reduction::Sum);
     /// ```
     pub fn reduction(mut self, r: Reduction) -> Self {
         self.reduction = r;
@@ -185,7 +196,7 @@ impl SeesawConfig {
     /// ```
     /// use seesaw_loss::{Backend, SeesawConfig};
     /// let config = SeesawConfig::classification(10).backend(Backend::Reference);
-    /// assert_eq!(config.get_backend(), Backend::Reference);
+    /// assert_eq!(config.backend, Backend::Reference);
     /// ```
     pub fn backend(mut self, b: Backend) -> Self {
         self.backend = b;
@@ -201,23 +212,21 @@ impl SeesawConfig {
     /// ```
     /// use seesaw_loss::{Checks, SeesawConfig};
     /// let config = SeesawConfig::detection(1203).checks(Checks::Immediate);
-    /// assert_eq!(config.checks_setting(), Some(Checks::Immediate));
+    /// assert_eq!(config.checks, Some(Checks::Immediate));
     /// ```
     pub fn checks(mut self, checks: Checks) -> Self {
         self.checks = Some(checks);
         self
     }
 
-    /// The [`Checks`] set with [`checks`](SeesawConfig::checks), if any.
-    pub fn checks_setting(&self) -> Option<Checks> {
-        self.checks
-    }
-
     /// The [`Checks`] a call gets: the setting, else the default for where
-    /// it runs (`on_kernel`: the CUDA kernels).
-    pub(crate) fn checks_for(&self, on_kernel: bool) -> Checks {
-        self.checks
-            .unwrap_or(if on_kernel { Checks::Deferred } else { Checks::Immediate })
+    /// it runs (`runs_on_kernels`: the call runs on the CUDA kernels, real or emulated).
+    pub(crate) fn checks_for(&self, runs_on_kernels: bool) -> Checks {
+        self.checks.unwrap_or(if runs_on_kernels {
+            Checks::Deferred
+        } else {
+            Checks::Immediate
+        })
     }
 
     /// The head this configuration describes.
@@ -245,36 +254,6 @@ impl SeesawConfig {
             Head::Detection => self.num_classes + 1,
             Head::Classification => self.num_classes,
         }
-    }
-
-    /// The mitigation exponent.
-    pub fn get_p(&self) -> f64 {
-        self.p
-    }
-
-    /// The compensation exponent.
-    pub fn get_q(&self) -> f64 {
-        self.q
-    }
-
-    /// The self-score floor.
-    pub fn get_eps(&self) -> f64 {
-        self.eps
-    }
-
-    /// The factor on both parts of the loss.
-    pub fn get_loss_weight(&self) -> f64 {
-        self.loss_weight
-    }
-
-    /// The default reduction.
-    pub fn get_reduction(&self) -> Reduction {
-        self.reduction
-    }
-
-    /// The requested backend.
-    pub fn get_backend(&self) -> Backend {
-        self.backend
     }
 
     /// Checks the values a loss cannot be built with.

@@ -321,8 +321,8 @@ impl SeesawLoss {
         inputs::check_reduction(reduction, avg_factor)?;
         self.counts.check_layout(device)?;
         let use_fused = self.choose_backend(cls_score)?;
-        let on_kernel = use_fused && fused::on_kernel(device);
-        let checks = config.checks_for(on_kernel);
+        let runs_on_kernels = use_fused && fused::runs_on_kernels(device);
+        let checks = config.checks_for(runs_on_kernels);
         // An earlier call's bad batch that the device has reported since.
         self.report_deferred()?;
         let config = &self.config;
@@ -331,7 +331,7 @@ impl SeesawLoss {
         // would fault on a bad label), and so does a call on counts that a
         // checkpoint left in a floating kind, before they become int64.
         let floating_counts = self.counts.raw().kind() != Kind::Int64;
-        if !use_fused || floating_counts || (on_kernel && checks == Checks::Immediate) {
+        if !use_fused || floating_counts || (runs_on_kernels && checks == Checks::Immediate) {
             let report = inputs::inspect(&labels, Some(self.counts.raw()), weights.as_ref())?;
             inputs::check_label_range(config, report.label_range)?;
             if report.bad_weights {
@@ -382,7 +382,7 @@ impl SeesawLoss {
         );
         compute(&call, true).map_err(|e| {
             // The kernel's rollback skips a batch its prepare step found bad.
-            let undo = if on_kernel {
+            let undo = if runs_on_kernels {
                 fused::cuda::add_counts(self.counts.raw(), &call.labels, -1, call.state.as_ref()).map_err(Error::from)
             } else if counted {
                 self.counts.add(&call.labels, -1)
@@ -460,7 +460,7 @@ impl SeesawLoss {
     /// ```
     pub fn path_for(&self, device: Device, kind: Kind) -> Result<PathChoice> {
         let fused = || {
-            if fused::on_kernel(device) {
+            if fused::runs_on_kernels(device) {
                 ComputePath::CudaKernel
             } else {
                 ComputePath::CpuMirror

@@ -212,7 +212,7 @@ fn forward_backward_matches_autograd_on_both_backends() {
                 let out = reference.forward(&x, &labels, Some(&weights), avg_factor).unwrap();
                 out.total().backward();
                 for loss in [&mut fused, &mut reference] {
-                    let backend = loss.config().get_backend();
+                    let backend = loss.config().backend;
                     let (got, grad) = loss
                         .forward_backward(&scores, &labels, Some(&weights), avg_factor)
                         .unwrap();

@@ -35,9 +35,9 @@ fn the_kernels_compile_to_cubins_for_sm80_and_sm90() {
         assert_eq!(image.target, arch);
         assert!(image.bytes.starts_with(b"\x7fELF"), "a cubin is an ELF file");
         for entry in [
-            "seesaw_fused_f32",
-            "seesaw_fused_f16",
-            "seesaw_fused_bf16",
+            "seesaw_forward_backward_f32",
+            "seesaw_forward_backward_f16",
+            "seesaw_forward_backward_bf16",
             "seesaw_count",
         ] {
             assert!(

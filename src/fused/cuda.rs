@@ -25,7 +25,7 @@ pub use super::compile::{
 enum Pass {
     Forward,
     Backward,
-    Fused,
+    ForwardBackward,
 }
 
 /// Row kernels by pass (rows) and logits' kind (columns: f32, f16, bf16),
@@ -33,7 +33,11 @@ enum Pass {
 const ROW_KERNELS: [[&str; 3]; 3] = [
     ["seesaw_forward_f32", "seesaw_forward_f16", "seesaw_forward_bf16"],
     ["seesaw_backward_f32", "seesaw_backward_f16", "seesaw_backward_bf16"],
-    ["seesaw_fused_f32", "seesaw_fused_f16", "seesaw_fused_bf16"],
+    [
+        "seesaw_forward_backward_f32",
+        "seesaw_forward_backward_f16",
+        "seesaw_forward_backward_bf16",
+    ],
 ];
 const PREPARE_KERNEL: &str = "seesaw_prepare";
 const COUNT_KERNEL: &str = "seesaw_count";
@@ -414,7 +418,7 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     Ok((classes, objectness, stats))
 }
 
-/// The arguments seesaw_backward and seesaw_fused start with (after the
+/// The arguments seesaw_backward and seesaw_forward_backward start with (after the
 /// parameter block): the logits, the gradient to write, labels, weights, log
 /// counts and the call state.
 fn gradient_inputs(l: &Launch, grad: &Tensor) -> [Arg; 6] {
@@ -461,7 +465,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let out = l.loss_outputs()?;
     let grad = l.grad();
     let args: Vec<Arg> = gradient_inputs(&l, &grad).into_iter().chain(out.args(None)).collect();
-    l.rows(Pass::Fused, &args)?;
+    l.rows(Pass::ForwardBackward, &args)?;
     let (classes, objectness) = out.parts();
     Ok((classes, objectness, grad))
 }

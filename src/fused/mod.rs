@@ -94,7 +94,7 @@ impl Upstream {
 
 /// Whether the fused rows of a call on `device` run as the CUDA kernel: on
 /// CUDA tensors, and on CPU tensors under the kernel emulator (tests).
-pub(crate) fn on_kernel(device: Device) -> bool {
+pub(crate) fn runs_on_kernels(device: Device) -> bool {
     match device {
         Device::Cuda(_) => true,
         Device::Cpu => crate::probe::emulating(),
@@ -109,7 +109,7 @@ enum RowsOn {
 }
 
 fn rows_on(device: Device) -> Result<RowsOn> {
-    if on_kernel(device) {
+    if runs_on_kernels(device) {
         Ok(RowsOn::Kernel)
     } else if device == Device::Cpu {
         Ok(RowsOn::Mirror)
