@@ -29,10 +29,13 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! Where things are: the math in `src/math.rs` (private, documented
-//! in the source), the kernel in `kernels/seesaw.cu`, the CUDA plumbing in
-//! [`cuda`], the libtorch path in `reference.rs`, the public type in
-//! [`SeesawLoss`].
+//! Where things are: what the loss computes, point by point, in
+//! `docs/semantics.md`; the row algorithm and its log-space derivation in
+//! `src/math.rs` (documented in the source); the kernels in
+//! `kernels/seesaw.cu`, and how they map the math and the memory floor in
+//! `docs/kernels.md`; the CUDA plumbing in [`cuda`] (`src/fused/`); the
+//! libtorch path in `src/reference.rs`; the public type in [`SeesawLoss`];
+//! errors in [`Error`].
 
 mod autograd;
 mod call;
