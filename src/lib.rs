@@ -48,6 +48,7 @@ mod fused;
 mod inputs;
 mod loss;
 mod math;
+mod normed_linear;
 mod params;
 mod probe;
 mod reference;
@@ -61,6 +62,7 @@ pub use error::{Error, Result};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
 pub use loss::{ComputePath, PathChoice, SeesawAccuracy, SeesawLoss, SeesawOutput};
+pub use normed_linear::{NormedLinear, NormedLinearConfig};
 
 /// The README's Rust example compiles and runs as a doctest.
 #[doc = include_str!("../README.md")]

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! cargo run --release --example long_tail -- [--device auto|cpu|cuda] [--epochs N]
-//!     [--seed S] [--hidden H] [--head classification|detection] [--json PATH] [--plot PATH]
+//!     [--seed S] [--hidden H] [--head classification|detection] [--classifier linear|normed]
+//!     [--json PATH] [--plot PATH]
 //! ```
 //!
 //! How the data are made: `data.rs`. The model and schedule: `train.rs`.
@@ -20,9 +21,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use data::{DataSet, Group, CLASSES};
 use std::path::PathBuf;
 use tch::Device;
-use train::{LossKind, RunResult, Schedule};
+use train::{Classifier, LossKind, RunResult, Schedule};
 
-const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --head classification|detection, --json PATH, --plot PATH";
+const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --head classification|detection, --classifier linear|normed, --json PATH, --plot PATH";
 
 struct Options {
     schedule: Schedule,
@@ -40,6 +41,7 @@ fn number(value: Option<String>, flag: &str) -> Result<i64> {
 fn parse_options() -> Result<Options> {
     let mut device = None;
     let mut detection = false;
+    let mut classifier = Classifier::Linear;
     let (mut epochs, mut seed, mut hidden) = (20, 0, 256);
     let (mut json, mut plot) = (None::<PathBuf>, None::<PathBuf>);
     let mut args = std::env::args().skip(1);
@@ -59,6 +61,13 @@ fn parse_options() -> Result<Options> {
                     Some("classification") => false,
                     Some("detection") => true,
                     other => bail!("--head takes classification or detection, got {other:?}"),
+                }
+            }
+            "--classifier" => {
+                classifier = match args.next().as_deref() {
+                    Some("linear") => Classifier::Linear,
+                    Some("normed") => Classifier::Normed,
+                    other => bail!("--classifier takes linear or normed, got {other:?}"),
                 }
             }
             "--epochs" => epochs = number(args.next(), "--epochs")?,
@@ -83,6 +92,7 @@ fn parse_options() -> Result<Options> {
     Ok(Options {
         schedule: Schedule {
             detection,
+            classifier,
             epochs,
             hidden,
             seed,
@@ -127,7 +137,7 @@ fn main() -> Result<()> {
     }
     println!(
         "{CLASSES} classes (LVIS v1 groups), {} training samples ({} to {} per class{}), {} test samples; \
-         MLP 64-{}-{CLASSES}{}, {} epochs, seed {}, {:?}",
+         MLP 64-{}-{CLASSES}{} ({} last layer), {} epochs, seed {}, {:?}",
         data.train_counts.iter().sum::<i64>(),
         data.train_counts.iter().min().unwrap_or(&0),
         data.train_counts.iter().max().unwrap_or(&0),
@@ -135,6 +145,7 @@ fn main() -> Result<()> {
         data.test.y.size()[0],
         s.hidden,
         if s.detection { " (+1 CE / +2 Seesaw)" } else { "" },
+        s.classifier.name(),
         s.epochs,
         s.seed,
         s.device

@@ -4,7 +4,7 @@
 use crate::data::{DataSet, CLASSES, DIM, TEST_PER_CLASS};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use seesaw_loss::{SeesawConfig, SeesawLoss};
+use seesaw_loss::{NormedLinear, NormedLinearConfig, SeesawConfig, SeesawLoss};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -39,17 +39,46 @@ pub struct Schedule {
     /// The detection variant: a background class, `C + 1` outputs for
     /// cross-entropy and the `C + 2` head for Seesaw.
     pub detection: bool,
+    /// The last layer of both models.
+    pub classifier: Classifier,
     pub epochs: i64,
     pub hidden: i64,
     pub seed: i64,
     pub device: Device,
 }
 
-fn model(root: &nn::Path, hidden: i64, outputs: i64) -> nn::Sequential {
-    nn::seq()
+/// The models' last layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classifier {
+    /// A plain linear layer.
+    Linear,
+    /// mmdetection's cosine classifier (`NormedLinear`, temperature 20), as
+    /// its Seesaw configurations use.
+    Normed,
+}
+
+impl Classifier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Classifier::Linear => "linear",
+            Classifier::Normed => "cosine",
+        }
+    }
+}
+
+fn model(root: &nn::Path, hidden: i64, outputs: i64, classifier: Classifier) -> nn::Sequential {
+    let body = nn::seq()
         .add(nn::linear(root / "fc1", DIM, hidden, Default::default()))
-        .add_fn(|x| x.relu())
-        .add(nn::linear(root / "fc2", hidden, outputs, Default::default()))
+        .add_fn(|x| x.relu());
+    match classifier {
+        Classifier::Linear => body.add(nn::linear(root / "fc2", hidden, outputs, Default::default())),
+        Classifier::Normed => body.add(NormedLinear::new(
+            root / "fc2",
+            hidden,
+            outputs,
+            NormedLinearConfig::default(),
+        )),
+    }
 }
 
 fn progress_bar(steps: u64) -> ProgressBar {
@@ -85,7 +114,7 @@ impl Trainee {
             (true, LossKind::CrossEntropy) => (CLASSES + 1, SeesawConfig::detection(CLASSES)),
             (true, LossKind::Seesaw) => (CLASSES + 2, SeesawConfig::detection(CLASSES)),
         };
-        let net = model(&(vs.root() / "net"), schedule.hidden, outputs);
+        let net = model(&(vs.root() / "net"), schedule.hidden, outputs, schedule.classifier);
         let seesaw = SeesawLoss::new(vs.root() / "seesaw", config)?;
         let opt = nn::Sgd {
             momentum: MOMENTUM,
