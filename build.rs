@@ -31,10 +31,16 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels/emulator.cpp");
     println!("cargo:rerun-if-changed=kernels/seesaw_params.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=DOCS_RS");
+    write_shared_constants();
+    if env::var_os("DOCS_RS").is_some() {
+        // docs.rs has no libtorch (the `doc-only` feature): nothing to
+        // compile or link, and rustdoc links nothing.
+        return;
+    }
     let lib = PathBuf::from(
         env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys publishes DEP_TCH_LIBTORCH_LIB (its `links` metadata)"),
     );
-    write_shared_constants();
     let testing = env::var_os("CARGO_FEATURE_TESTING").is_some();
     compile_shim(&lib, testing);
     if testing {

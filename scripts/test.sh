@@ -15,6 +15,13 @@ cargo fmt --check
 cargo clippy --all-targets --features testing --quiet -- -D warnings
 cargo clippy --lib --quiet -- -D warnings
 cargo test --features testing "$@"
+# The documentation as docs.rs builds it: no libtorch (feature doc-only, the
+# DOCS_RS variable set), rustdoc warnings as errors.
+(
+    unset LIBTORCH VIRTUAL_ENV LIBTORCH_USE_PYTORCH
+    export DOCS_RS=1 RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}-docs"
+    cargo doc --no-deps --quiet --features doc-only
+)
 smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
 cargo run --release --quiet --example long_tail -- --device cpu --epochs 1 --json "$smoke/demo.json" >/dev/null
