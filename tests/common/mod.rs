@@ -324,6 +324,35 @@ pub struct SweepCase {
 }
 
 impl SweepCase {
+    /// The case as a name a failure reports, e.g.
+    /// `det C=1205 N=512 bf16 Mean weighted avg=4 p=0.8 q=2 strided`.
+    pub fn name(&self) -> String {
+        let mut name = format!(
+            "{} C={} N={} {:?} {:?}",
+            if self.detection { "det" } else { "cls" },
+            self.c,
+            self.n,
+            self.kind,
+            self.reduction
+        );
+        if self.weighted {
+            name.push_str(" weighted");
+        }
+        if let Some(avg) = self.avg_factor {
+            name.push_str(&format!(" avg={avg}"));
+        }
+        name.push_str(&format!(" p={} q={}", self.p, self.q));
+        for (on, what) in [(self.strided, " strided"), (self.nan_row, " nan-row")] {
+            if on {
+                name.push_str(what);
+            }
+        }
+        if self.scale != 1.0 {
+            name.push_str(&format!(" scale={}", self.scale));
+        }
+        name
+    }
+
     pub fn new(detection: bool, c: i64, n: i64, kind: Kind) -> Self {
         SweepCase {
             detection,
@@ -456,11 +485,13 @@ pub fn assert_sweep(
 ) -> (f64, f64) {
     let mut worst = (0f64, 0f64);
     for (i, case) in cases.iter().enumerate() {
-        let (out, grad) = sweep_case(*case, a, b, first_seed + i as i64);
+        let seed = first_seed + i as i64;
+        let (out, grad) = sweep_case(*case, a, b, seed);
         let tol = tolerance(case.kind);
         assert!(
             out <= tol && grad <= tol,
-            "{case:?}: output rel err {out:e}, gradient rel err {grad:e}, tolerance {tol:e}"
+            "case {} (seed {seed}): output rel err {out:e}, gradient rel err {grad:e}, tolerance {tol:e}",
+            case.name()
         );
         worst = (worst.0.max(out), worst.1.max(grad));
     }
