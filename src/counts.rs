@@ -27,9 +27,11 @@ impl Counts {
     }
 
     /// The counts as they are now (a copy, int64).
-    pub(crate) fn snapshot(&self) -> Tensor {
+    pub(crate) fn snapshot(&self) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.var.to_kind(Kind::Int64).copy()
+        let mut copy = Tensor::f_empty([self.var.numel() as i64], (Kind::Int64, self.var.device()))?;
+        copy.f_copy_(&self.var.f_view([-1])?)?;
+        Ok(copy)
     }
 
     /// The variable itself, in whatever kind a checkpoint left it.
@@ -95,8 +97,13 @@ impl Counts {
     }
 
     /// `log(max(n_j, 1))` for the first `num_classes` counters, in `kind`.
-    pub(crate) fn log_counts(&self, num_classes: i64, kind: Kind) -> Tensor {
+    pub(crate) fn log_counts(&self, num_classes: i64, kind: Kind) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.var.narrow(0, 0, num_classes).to_kind(kind).clamp_min(1.0).log()
+        Ok(self
+            .var
+            .f_narrow(0, 0, num_classes)?
+            .f_to_kind(kind)?
+            .f_clamp_min(1.0)?
+            .f_log()?)
     }
 }

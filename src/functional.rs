@@ -87,7 +87,7 @@ pub fn seesaw_ce_loss(
     // The checks above stand for the fused paths' prepare step, which this
     // form skips (it counts nothing): a good batch whose rows are all
     // positive.
-    let state = fused.then(|| fused::good_batch_state(rows, device));
+    let state = fused.then(|| fused::good_batch_state(rows, device)).transpose()?;
     let log_counts = if fused {
         log_counts.to_kind(tch::Kind::Float)
     } else {
@@ -99,7 +99,7 @@ pub fn seesaw_ce_loss(
     let parts = if fused {
         fused::forward(&call)?
     } else {
-        reference::forward(&call)
+        reference::forward(&call)?
     };
     Ok(parts.classes)
 }

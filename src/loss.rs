@@ -29,7 +29,7 @@ use crate::{fused, inputs, reference};
 /// let labels = Tensor::from_slice(&[0i64, 2, 3, 3]); // 3 = background
 /// let out = loss.forward(&scores, &labels, None, None)?;
 /// out.total().backward();
-/// assert_eq!(Vec::<i64>::try_from(loss.cum_samples())?, [1, 0, 1, 2]);
+/// assert_eq!(Vec::<i64>::try_from(loss.cum_samples()?)?, [1, 0, 1, 2]);
 /// # Ok::<(), anyhow::Error>(())
 /// ```
 pub struct SeesawLoss {
@@ -63,19 +63,36 @@ impl SeesawOutput {
     /// assert_eq!(out.total().double_value(&[]), 2.0);
     /// ```
     pub fn total(&self) -> Tensor {
+        match self.f_total() {
+            Ok(total) => total,
+            Err(e) => panic!("SeesawOutput::total: {e}"),
+        }
+    }
+
+    /// [`total`](SeesawOutput::total) as a `Result`: a libtorch failure
+    /// (out of memory) is an error, not a panic.
+    ///
+    /// ```
+    /// # use seesaw_loss::SeesawOutput;
+    /// # use tch::Tensor;
+    /// let out = SeesawOutput { classes: Tensor::from(1.5f32), objectness: None };
+    /// assert_eq!(out.f_total()?.double_value(&[]), 1.5);
+    /// # Ok::<(), seesaw_loss::Error>(())
+    /// ```
+    pub fn f_total(&self) -> Result<Tensor> {
         // A reduced part is already a scalar: summing it again would be one
         // more operation (one more launch on a GPU) for nothing.
-        let scalar = |t: &Tensor| {
-            if t.dim() == 0 {
+        let scalar = |t: &Tensor| -> Result<Tensor> {
+            Ok(if t.dim() == 0 {
                 t.shallow_clone()
             } else {
-                t.sum(t.kind())
-            }
+                t.f_sum(t.kind())?
+            })
         };
-        match &self.objectness {
-            Some(obj) => scalar(&self.classes) + scalar(obj),
-            None => scalar(&self.classes),
-        }
+        Ok(match &self.objectness {
+            Some(obj) => scalar(&self.classes)?.f_add(&scalar(obj)?)?,
+            None => scalar(&self.classes)?,
+        })
     }
 }
 
@@ -214,7 +231,7 @@ impl SeesawLoss {
                 let parts = if fused {
                     fused::forward(call)?
                 } else {
-                    reference::forward(call)
+                    reference::forward(call)?
                 };
                 Ok(SeesawOutput::from(parts))
             },
@@ -352,7 +369,7 @@ impl SeesawLoss {
         if !use_fused {
             // From here on the inputs are known good: the counts take the batch.
             self.counts.add(&labels, 1)?;
-            let log_counts = self.counts.log_counts(config.num_classes(), compute_kind);
+            let log_counts = self.counts.log_counts(config.num_classes(), compute_kind)?;
             let call = Call::new(
                 config, cls_score, labels, weights, log_counts, None, reduction, avg_factor,
             );
@@ -423,7 +440,7 @@ impl SeesawLoss {
     /// assert!(out.classes.double_value(&[]).is_nan());
     /// let err = loss.check().unwrap_err();
     /// assert!(err.to_string().contains("found label 7 at row 1"), "{err}");
-    /// assert_eq!(Vec::<i64>::try_from(loss.cum_samples())?, [0, 0, 0]);
+    /// assert_eq!(Vec::<i64>::try_from(loss.cum_samples()?)?, [0, 0, 0]);
     /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn check(&mut self) -> Result<()> {
@@ -500,10 +517,10 @@ impl SeesawLoss {
     /// use seesaw_loss::{SeesawConfig, SeesawLoss};
     /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     /// let loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(80))?;
-    /// assert_eq!(loss.cum_samples().size(), [81]);
+    /// assert_eq!(loss.cum_samples()?.size(), [81]);
     /// # Ok::<(), anyhow::Error>(())
     /// ```
-    pub fn cum_samples(&self) -> Tensor {
+    pub fn cum_samples(&self) -> Result<Tensor> {
         self.counts.snapshot()
     }
 
@@ -538,14 +555,15 @@ impl SeesawLoss {
     pub fn activation(&self, cls_score: &Tensor) -> Result<Tensor> {
         inputs::check_scores(&self.config, cls_score)?;
         let kind = inputs::compute_kind(cls_score.kind());
-        let x = cls_score.to_kind(kind);
+        let x = cls_score.f_to_kind(kind)?;
         let c = self.config.num_classes();
         Ok(match self.config.head() {
-            Head::Classification => x.softmax(1, kind),
+            Head::Classification => x.f_softmax(1, kind)?,
             Head::Detection => {
-                let classes = x.narrow(1, 0, c).softmax(1, kind);
-                let objectness = x.narrow(1, c, 2).softmax(1, kind);
-                Tensor::cat(&[classes * objectness.narrow(1, 0, 1), objectness.narrow(1, 1, 1)], 1)
+                let classes = x.f_narrow(1, 0, c)?.f_softmax(1, kind)?;
+                let objectness = x.f_narrow(1, c, 2)?.f_softmax(1, kind)?;
+                let foreground = classes.f_mul(&objectness.f_narrow(1, 0, 1)?)?;
+                Tensor::f_cat(&[foreground, objectness.f_narrow(1, 1, 1)?], 1)?
             }
         })
     }
@@ -572,18 +590,18 @@ impl SeesawLoss {
         let c = config.num_classes();
         Ok(match config.head() {
             Head::Classification => SeesawAccuracy {
-                classes: top1_percent(cls_score, &labels),
+                classes: top1_percent(cls_score, &labels)?,
                 objectness: None,
             },
             Head::Detection => {
                 crate::probe::host_read();
-                let positive = labels.lt(c).nonzero().squeeze_dim(1);
+                let positive = labels.f_lt(c)?.f_nonzero()?.f_squeeze_dim(1)?;
                 let classes = top1_percent(
-                    &cls_score.narrow(1, 0, c).index_select(0, &positive),
-                    &labels.index_select(0, &positive),
-                );
-                let background = labels.eq(c).to_kind(Kind::Int64);
-                let objectness = top1_percent(&cls_score.narrow(1, c, 2), &background);
+                    &cls_score.f_narrow(1, 0, c)?.f_index_select(0, &positive)?,
+                    &labels.f_index_select(0, &positive)?,
+                )?;
+                let background = labels.f_eq(c)?.f_to_kind(Kind::Int64)?;
+                let objectness = top1_percent(&cls_score.f_narrow(1, c, 2)?, &background)?;
                 SeesawAccuracy {
                     classes,
                     objectness: Some(objectness),
@@ -616,30 +634,30 @@ fn undone(e: Error, undo: Result<()>) -> Error {
 /// [`SeesawLoss::forward_backward`] on the reference path: autograd on a
 /// detached copy of the scores.
 fn reference_forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
-    let leaf = call.scores.detach().set_requires_grad(true);
-    let parts = reference::forward(&call.with_scores(leaf.shallow_clone()));
+    let leaf = call.scores.f_detach()?.set_requires_grad(true);
+    let parts = reference::forward(&call.with_scores(leaf.shallow_clone()))?;
     let output = SeesawOutput::from(parts);
-    let grad = Tensor::f_run_backward(&[output.total()], &[&leaf], false, false)?
+    let grad = Tensor::f_run_backward(&[output.f_total()?], &[&leaf], false, false)?
         .pop()
-        .ok_or_else(|| anyhow::anyhow!("autograd returned no gradient for the scores"))?;
+        .ok_or_else(|| Error::Internal("autograd returned no gradient for the scores".into()))?;
     let detached = Parts {
-        classes: output.classes.detach(),
-        objectness: output.objectness.map(|o| o.detach()),
+        classes: output.classes.f_detach()?,
+        objectness: output.objectness.map(|o| o.f_detach()).transpose()?,
     };
     Ok((detached, grad))
 }
 
 /// Percentage of rows whose arg-max is the label; 0 for no rows.
-fn top1_percent(scores: &Tensor, labels: &Tensor) -> f64 {
+fn top1_percent(scores: &Tensor, labels: &Tensor) -> Result<f64> {
     let rows = scores.size()[0];
     if rows == 0 {
-        return 0.0;
+        return Ok(0.0);
     }
     crate::probe::host_read();
     let correct = scores
-        .argmax(1, false)
-        .eq_tensor(labels)
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    correct as f64 * 100.0 / rows as f64
+        .f_argmax(1, false)?
+        .f_eq_tensor(labels)?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])?;
+    Ok(correct as f64 * 100.0 / rows as f64)
 }

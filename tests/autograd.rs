@@ -166,11 +166,11 @@ fn errors_and_panics_in_the_rust_callbacks_surface_as_errors() {
     let x = leaf(&scores);
 
     // Forward: the call fails and the counts are as they were.
-    let before = to_i64(&fused.cum_samples());
+    let before = to_i64(&fused.cum_samples().unwrap());
     inject(Fault::ForwardError);
     let err = fused.forward(&x, &labels, None, None).unwrap_err();
     assert!(err.to_string().contains("injected ForwardError"), "{err}");
-    assert_eq!(to_i64(&fused.cum_samples()), before);
+    assert_eq!(to_i64(&fused.cum_samples().unwrap()), before);
 
     // Backward: an error, then a panic, each an Err of backward.
     for (fault, needle) in [

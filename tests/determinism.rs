@@ -39,7 +39,12 @@ fn steps(threads: i32) -> Vec<Vec<u32>> {
             .unwrap();
         out.push(bits(&parts.total()));
         out.push(bits(&grad));
-        out.push(to_i64(&loss.cum_samples()).into_iter().map(|v| v as u32).collect());
+        out.push(
+            to_i64(&loss.cum_samples().unwrap())
+                .into_iter()
+                .map(|v| v as u32)
+                .collect(),
+        );
     }
     out
 }

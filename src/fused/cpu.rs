@@ -40,8 +40,8 @@ pub(crate) fn prepare(
         counts.kind() == Kind::Int64 && counts.is_contiguous() && counts.device() == Device::Cpu,
         "cum_samples must be a contiguous int64 CPU tensor here"
     );
-    let labels = as_contiguous(labels, Kind::Int64);
-    let weights = weights.map(|w| as_contiguous(w, Kind::Float));
+    let labels = as_contiguous(labels, Kind::Int64)?;
+    let weights = weights.map(|w| as_contiguous(w, Kind::Float)).transpose()?;
     let n = labels.numel();
     let classes = params.classes as usize;
     let max_label = if params.detection != 0 {
@@ -93,11 +93,11 @@ pub(crate) fn prepare(
             *counter += 1; // cannot overflow: every counter is at most i64::MAX - n
         }
     }
-    let log_counts = host_tensor(cache.table(&count_values[..classes]).iter().copied());
+    let log_counts = host_tensor(cache.table(&count_values[..classes]).iter().copied())?;
     let mut state = [0i64; STATE_LEN as usize];
     state[STATE_BAD as usize] = bad.is_some() as i64;
     state[STATE_POSITIVE as usize] = positive;
-    Ok((log_counts, host_tensor(state.into_iter()), bad))
+    Ok((log_counts, host_tensor(state.into_iter())?, bad))
 }
 
 /// The last log-count table a loss's CPU calls made, with the counts it was
@@ -135,22 +135,22 @@ fn log_count(n: i64) -> f32 {
 
 /// A 1-D CPU tensor of `values`, written in place: `Tensor::from_slice`
 /// would fill it with zeros first (two more libtorch operations).
-fn host_tensor<T: tch::kind::Element + Copy>(values: impl ExactSizeIterator<Item = T>) -> Tensor {
-    let t = Tensor::empty([values.len() as i64], (T::KIND, Device::Cpu));
+fn host_tensor<T: tch::kind::Element + Copy>(values: impl ExactSizeIterator<Item = T>) -> Result<Tensor> {
+    let t = Tensor::f_empty([values.len() as i64], (T::KIND, Device::Cpu))?;
     let data = t.data_ptr() as *mut T;
     for (i, v) in values.enumerate() {
         // SAFETY: a fresh contiguous tensor of `values.len()` elements of T.
         unsafe { data.add(i).write(v) };
     }
-    t
+    Ok(t)
 }
 
 /// A 0-dim f32 CPU tensor, written in place.
-fn host_scalar(v: f32) -> Tensor {
-    let t = Tensor::empty([], (Kind::Float, Device::Cpu));
+fn host_scalar(v: f32) -> Result<Tensor> {
+    let t = Tensor::f_empty([], (Kind::Float, Device::Cpu))?;
     // SAFETY: a fresh tensor of one f32.
     unsafe { (t.data_ptr() as *mut f32).write(v) };
-    t
+    Ok(t)
 }
 
 /// A call's inputs as host slices, borrowed from an [`Inputs`].
@@ -181,17 +181,13 @@ struct Inputs {
 
 /// `t` as a contiguous tensor of `kind`, with no operation when it already
 /// is one (each libtorch call costs more than the work at small N).
-fn as_contiguous(t: &Tensor, kind: Kind) -> Tensor {
+fn as_contiguous(t: &Tensor, kind: Kind) -> Result<Tensor> {
     let t = if t.kind() == kind {
         t.shallow_clone()
     } else {
-        t.to_kind(kind)
+        t.f_to_kind(kind)?
     };
-    if t.is_contiguous() {
-        t
-    } else {
-        t.contiguous()
-    }
+    Ok(if t.is_contiguous() { t } else { t.f_contiguous()? })
 }
 
 impl Inputs {
@@ -201,7 +197,7 @@ impl Inputs {
             .state
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the CPU mirror needs the call state of its prepare step"))?;
-        let state = as_contiguous(state, Kind::Int64);
+        let state = as_contiguous(state, Kind::Int64)?;
         ensure!(
             state.numel() == STATE_LEN as usize,
             "the call state has the wrong length"
@@ -212,10 +208,14 @@ impl Inputs {
             .map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?;
         // The passes only read the logits: no need to detach them.
         Ok(Inputs {
-            logits: as_contiguous(&call.scores, Kind::Float),
-            labels: as_contiguous(&call.labels, Kind::Int64),
-            weights: call.weights.as_ref().map(|w| as_contiguous(w, Kind::Float)),
-            log_counts: as_contiguous(&call.log_counts, Kind::Float),
+            logits: as_contiguous(&call.scores, Kind::Float)?,
+            labels: as_contiguous(&call.labels, Kind::Int64)?,
+            weights: call
+                .weights
+                .as_ref()
+                .map(|w| as_contiguous(w, Kind::Float))
+                .transpose()?,
+            log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
             state,
         })
     }
@@ -310,9 +310,9 @@ impl<'a> HostUpstream<'a> {
 
 /// The outputs of a loss pass: per row for [`Reduction::None`], else the
 /// reduced scalars, f32.
-fn reduced(host: &Host, rows: LossRows) -> (Tensor, Option<Tensor>) {
+fn reduced(host: &Host, rows: LossRows) -> Result<(Tensor, Option<Tensor>)> {
     if host.params.reduction() == Reduction::None {
-        return (rows.class_loss, rows.objectness_loss);
+        return Ok((rows.class_loss, rows.objectness_loss));
     }
     // SAFETY: fresh contiguous f32 tensors of `rows()` values.
     let sum = |t: &Tensor, divisor: f32| {
@@ -320,9 +320,13 @@ fn reduced(host: &Host, rows: LossRows) -> (Tensor, Option<Tensor>) {
         let total: f64 = values.iter().map(|&v| v as f64).sum();
         host_scalar((total as f32) / divisor)
     };
-    let classes = sum(&rows.class_loss, host.divisors.0);
-    let objectness = rows.objectness_loss.as_ref().map(|o| sum(o, host.divisors.1));
-    (classes, objectness)
+    let classes = sum(&rows.class_loss, host.divisors.0)?;
+    let objectness = rows
+        .objectness_loss
+        .as_ref()
+        .map(|o| sum(o, host.divisors.1))
+        .transpose()?;
+    Ok((classes, objectness))
 }
 
 /// Loss pass: the reduced parts (per row for [`Reduction::None`]) and the
@@ -332,8 +336,8 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let out = LossRows::empty(n as i64, host.detection, Device::Cpu);
-    let stats = Tensor::empty([n as i64, 2], (Kind::Float, Device::Cpu));
+    let out = LossRows::empty(n as i64, host.detection, Device::Cpu)?;
+    let stats = Tensor::f_empty([n as i64, 2], (Kind::Float, Device::Cpu))?;
     // SAFETY: fresh contiguous f32 tensors of these lengths, written only
     // through these pointers, each row by one thread.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), None) };
@@ -341,7 +345,7 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     parallel_rows(n, host.width, |rows| {
         forward_block(&host, powered.as_ref(), rows, &targets)
     });
-    let (classes, objectness) = reduced(&host, out);
+    let (classes, objectness) = reduced(&host, out)?;
     Ok((classes, objectness, stats))
 }
 
@@ -351,20 +355,20 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let stats = as_contiguous(stats, Kind::Float);
+    let stats = as_contiguous(stats, Kind::Float)?;
     ensure!(
         stats.size() == [n as i64, 2],
         "saved row stats have shape {:?}, expected [{n}, 2]",
         stats.size()
     );
     let stats = StatsPtr(stats.data_ptr() as *const f32);
-    let placed = upstream.on(Device::Cpu);
+    let placed = upstream.on(Device::Cpu)?;
     let up = HostUpstream::of(&placed);
-    let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
+    let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(None, None, Some(&grad)) };
     parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
-    Ok(in_kind(grad, call.scores.kind()))
+    in_kind(grad, call.scores.kind())
 }
 
 /// Both passes back to back on each row (the row is still in cache for the
@@ -374,15 +378,15 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
-    let one = host_scalar(1.0);
+    let one = host_scalar(1.0)?;
     let placed = Upstream {
         classes: Some(one.shallow_clone()),
         objectness: host.detection.then_some(one),
     };
     let up = HostUpstream::of(&placed);
-    let out = LossRows::empty(n as i64, host.detection, Device::Cpu);
-    let stats = Tensor::empty([n as i64, 2], (Kind::Float, Device::Cpu));
-    let grad = Tensor::empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu));
+    let out = LossRows::empty(n as i64, host.detection, Device::Cpu)?;
+    let stats = Tensor::f_empty([n as i64, 2], (Kind::Float, Device::Cpu))?;
+    let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
     let stats_in = StatsPtr(targets.stats);
@@ -392,17 +396,13 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
         forward_block(&host, powered.as_ref(), rows.clone(), &targets);
         backward_block(&host, rows, &stats_in, &up, &targets)
     });
-    let (classes, objectness) = reduced(&host, out);
-    Ok((classes, objectness, in_kind(grad, call.scores.kind())))
+    let (classes, objectness) = reduced(&host, out)?;
+    Ok((classes, objectness, in_kind(grad, call.scores.kind())?))
 }
 
 /// `t` in `kind`, with no operation when it already is.
-fn in_kind(t: Tensor, kind: Kind) -> Tensor {
-    if t.kind() == kind {
-        t
-    } else {
-        t.to_kind(kind)
-    }
+fn in_kind(t: Tensor, kind: Kind) -> Result<Tensor> {
+    Ok(if t.kind() == kind { t } else { t.f_to_kind(kind)? })
 }
 
 /// Row stats, `[N, 2]` f32, read by row.

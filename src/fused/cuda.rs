@@ -181,10 +181,10 @@ pub(crate) fn prepare_call(
 ) -> Result<(Tensor, Tensor)> {
     let device = labels.device();
     let executor = Executor::of(device)?;
-    let labels = labels.contiguous();
-    let weights = weights.map(|w| w.to_kind(Kind::Float).contiguous());
-    let log_counts = Tensor::empty([params.classes as i64], (Kind::Float, device));
-    let state = Tensor::empty([STATE_LEN as i64], (Kind::Int64, device));
+    let labels = labels.f_contiguous()?;
+    let weights = weights.map(|w| w.f_to_kind(Kind::Float)?.f_contiguous()).transpose()?;
+    let log_counts = Tensor::f_empty([params.classes as i64], (Kind::Float, device))?;
+    let state = Tensor::f_empty([STATE_LEN as i64], (Kind::Int64, device))?;
     poison([&log_counts]);
     let params = SeesawParams {
         rows: labels.numel() as i64,
@@ -217,7 +217,7 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64, state: Opt
         return Ok(());
     }
     let executor = Executor::of(labels.device())?;
-    let labels = labels.contiguous();
+    let labels = labels.f_contiguous()?;
     let blocks = (n as u64).div_ceil(COUNT_BLOCK as u64).min(1024) as u32;
     let args = [
         Arg::of(&labels),
@@ -251,7 +251,7 @@ impl Launch {
         let scores = call.scores.detach();
         // Rows may be strided; columns must be adjacent.
         let scores = if scores.size()[1] > 1 && scores.stride()[1] != 1 {
-            scores.contiguous()
+            scores.f_contiguous()?
         } else {
             scores
         };
@@ -268,9 +268,13 @@ impl Launch {
         Ok(Launch {
             executor,
             scores,
-            labels: call.labels.contiguous(),
-            weights: call.weights.as_ref().map(|w| w.to_kind(Kind::Float).contiguous()),
-            log_counts: call.log_counts.to_kind(Kind::Float).contiguous(),
+            labels: call.labels.f_contiguous()?,
+            weights: call
+                .weights
+                .as_ref()
+                .map(|w| w.f_to_kind(Kind::Float)?.f_contiguous())
+                .transpose()?,
+            log_counts: call.log_counts.f_to_kind(Kind::Float)?.f_contiguous()?,
             state: state.shallow_clone(),
             params,
             width,
@@ -315,19 +319,19 @@ impl Launch {
     fn loss_outputs(&self) -> Result<LossOutputs> {
         let device = self.device();
         let detection = self.params.detection != 0;
-        let rows = LossRows::empty(self.n(), detection, device);
+        let rows = LossRows::empty(self.n(), detection, device)?;
         let reduced = self.params.reduction() != Reduction::None;
         let scalar = || {
             if self.n() == 0 {
-                Tensor::zeros([], (Kind::Float, device))
+                Tensor::f_zeros([], (Kind::Float, device))
             } else {
-                Tensor::empty([], (Kind::Float, device))
+                Tensor::f_empty([], (Kind::Float, device))
             }
         };
         let outputs = LossOutputs {
-            partials: Tensor::empty([2 * self.blocks()? as i64], (Kind::Float, device)),
-            classes: reduced.then(scalar),
-            objectness: (reduced && detection).then(scalar),
+            partials: Tensor::f_empty([2 * self.blocks()? as i64], (Kind::Float, device))?,
+            classes: reduced.then(scalar).transpose()?,
+            objectness: (reduced && detection).then(scalar).transpose()?,
             rows,
         };
         // With zero rows no kernel runs: the reduced parts stay 0.
@@ -343,10 +347,10 @@ impl Launch {
         Ok(outputs)
     }
 
-    fn grad(&self) -> Tensor {
-        let grad = Tensor::empty([self.n(), self.width], (self.scores.kind(), self.device()));
+    fn grad(&self) -> Result<Tensor> {
+        let grad = Tensor::f_empty([self.n(), self.width], (self.scores.kind(), self.device()))?;
         poison([&grad]);
-        grad
+        Ok(grad)
     }
 }
 
@@ -401,7 +405,7 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
     let out = l.loss_outputs()?;
-    let stats = Tensor::empty([l.n(), 2], (Kind::Float, l.device()));
+    let stats = Tensor::f_empty([l.n(), 2], (Kind::Float, l.device()))?;
     poison([&stats]);
     let args: Vec<Arg> = [
         Arg::of(&l.scores),
@@ -437,12 +441,12 @@ fn gradient_inputs(l: &Launch, grad: &Tensor) -> [Arg; 6] {
 pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
-    let grad = l.grad();
-    let stats = stats.to_kind(Kind::Float).contiguous();
+    let grad = l.grad()?;
+    let stats = stats.f_to_kind(Kind::Float)?.f_contiguous()?;
     if stats.size() != [l.n(), 2] {
         bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n());
     }
-    let up = upstream.on(l.device());
+    let up = upstream.on(l.device())?;
     let multiplier = |t: &Option<Tensor>| match t {
         Some(t) => [Arg::of(t), Arg::I64(Upstream::stride(t) as i64)],
         None => [Arg::of_optional(None), Arg::I64(0)],
@@ -463,7 +467,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
     let out = l.loss_outputs()?;
-    let grad = l.grad();
+    let grad = l.grad()?;
     let args: Vec<Arg> = gradient_inputs(&l, &grad).into_iter().chain(out.args(None)).collect();
     l.rows(Pass::ForwardBackward, &args)?;
     let (classes, objectness) = out.parts();

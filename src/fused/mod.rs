@@ -40,11 +40,13 @@ pub(crate) struct LossRows {
 
 impl LossRows {
     /// Uninitialized rows: the passes write every one.
-    pub(crate) fn empty(n: i64, detection: bool, device: Device) -> LossRows {
-        LossRows {
-            class_loss: Tensor::empty([n], (Kind::Float, device)),
-            objectness_loss: detection.then(|| Tensor::empty([n], (Kind::Float, device))),
-        }
+    pub(crate) fn empty(n: i64, detection: bool, device: Device) -> Result<LossRows> {
+        Ok(LossRows {
+            class_loss: Tensor::f_empty([n], (Kind::Float, device))?,
+            objectness_loss: detection
+                .then(|| Tensor::f_empty([n], (Kind::Float, device)))
+                .transpose()?,
+        })
     }
 }
 
@@ -59,26 +61,25 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     /// Contiguous 1-D f32 copies on `device` (no copy when they already are).
-    pub(crate) fn on(&self, device: Device) -> Upstream {
-        let place = |t: &Option<Tensor>| {
-            t.as_ref().map(|t| {
-                let t = if t.device() == device {
-                    t.shallow_clone()
-                } else {
-                    t.to_device(device)
-                };
-                let t = if t.kind() == Kind::Float {
-                    t
-                } else {
-                    t.to_kind(Kind::Float)
-                };
-                t.contiguous().view([-1])
-            })
+    pub(crate) fn on(&self, device: Device) -> Result<Upstream> {
+        let place = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            let Some(t) = t else { return Ok(None) };
+            let t = if t.device() == device {
+                t.shallow_clone()
+            } else {
+                t.f_to_device(device)?
+            };
+            let t = if t.kind() == Kind::Float {
+                t
+            } else {
+                t.f_to_kind(Kind::Float)?
+            };
+            Ok(Some(if t.is_contiguous() { t } else { t.f_contiguous()? }))
         };
-        Upstream {
-            classes: place(&self.classes),
-            objectness: place(&self.objectness),
-        }
+        Ok(Upstream {
+            classes: place(&self.classes)?,
+            objectness: place(&self.objectness)?,
+        })
     }
 
     /// The step between rows of a multiplier placed by [`Upstream::on`]: 0
@@ -190,10 +191,10 @@ pub(crate) fn prepare(
 
 /// The call state of a batch checked elsewhere, whose `positive` rows are
 /// all its rows (a classification head's).
-pub(crate) fn good_batch_state(positive: i64, device: Device) -> Tensor {
+pub(crate) fn good_batch_state(positive: i64, device: Device) -> Result<Tensor> {
     let mut state = vec![0i64; crate::params::STATE_LEN as usize];
     state[crate::params::STATE_POSITIVE as usize] = positive;
-    Tensor::from_slice(&state).to_device(device)
+    Ok(Tensor::f_from_slice(&state)?.f_to_device(device)?)
 }
 
 /// The loss through the autograd node: what `SeesawLoss::forward` returns on
