@@ -37,6 +37,8 @@
 //! libtorch path in `src/reference.rs`; the public type in [`SeesawLoss`];
 //! errors in [`Error`].
 
+#![deny(missing_docs)]
+
 mod autograd;
 mod call;
 mod config;

@@ -225,3 +225,27 @@ fn a_count_update_that_would_overflow_int64_is_an_error() {
         assert_eq!(to_i64(&loss.cum_samples().unwrap()), near);
     }
 }
+
+/// A truncated checkpoint is tch's error on load; the loss's counts are left
+/// as they were and it keeps working.
+#[test]
+fn a_truncated_checkpoint_is_an_error_of_the_load_and_the_loss_keeps_working() {
+    let (dir, file) = scratch_file("truncated", "counts.safetensors");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3)).unwrap();
+    set_counts(&vs, &[4, 5, 6]);
+    vs.save(&file).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let mut other = nn::VarStore::new(Device::Cpu);
+    let mut restored = SeesawLoss::new(other.root(), SeesawConfig::classification(3)).unwrap();
+    assert!(other.load(&file).is_err());
+    assert_eq!(to_i64(&restored.cum_samples().unwrap()), [0, 0, 0]);
+    let scores = Tensor::zeros([1, 3], (Kind::Float, Device::Cpu));
+    restored
+        .forward(&scores, &Tensor::from_slice(&[2i64]), None, None)
+        .unwrap();
+    assert_eq!(to_i64(&restored.cum_samples().unwrap()), [0, 0, 1]);
+    loss.forward(&scores, &Tensor::from_slice(&[0i64]), None, None).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}

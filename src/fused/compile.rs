@@ -40,6 +40,7 @@ pub struct KernelImage {
     /// The architecture the image targets: `arch` for a cubin, the newest
     /// NVRTC knows below it for PTX.
     pub target: u32,
+    /// A cubin or PTX.
     pub format: ImageFormat,
     /// The cubin, or the PTX text with its terminating NUL.
     pub bytes: Vec<u8>,
