@@ -22,11 +22,15 @@ seesaw_ensure_venv() {
         [ "$(seesaw_python_torch_version "$venv/bin/python")" = "$SEESAW_TORCH_VERSION" ]; then
         return 0
     fi
-    echo "seesaw-loss: installing torch==$SEESAW_TORCH_VERSION into $venv (once; about 4.6 GB)" >&2
+    echo "seesaw-loss: installing torch==$SEESAW_TORCH_VERSION into $venv" >&2
+    echo "seesaw-loss: once per machine; about 4.6 GB and a few minutes (pip's progress follows)" >&2
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv" || return 1
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "torch==$SEESAW_TORCH_VERSION" numpy || return 1
+    # pip's own progress (a bar on a terminal, a line per package elsewhere),
+    # so that a long first install does not look like a hang.
+    "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on \
+        "torch==$SEESAW_TORCH_VERSION" numpy >&2 || return 1
+    echo "seesaw-loss: torch==$SEESAW_TORCH_VERSION installed" >&2
 }
 
 seesaw_libtorch_env() {

@@ -6,9 +6,7 @@
 //! training-sample count, and optionally the results as JSON.
 //!
 //! ```text
-//! cargo run --release --example long_tail -- [--device auto|cpu|cuda] [--epochs N]
-//!     [--seed S] [--hidden H] [--head classification|detection] [--classifier linear|normed]
-//!     [--json PATH] [--plot PATH]
+//! cargo run --release --example long_tail -- --help
 //! ```
 //!
 //! How the data are made: `data.rs`. The model and schedule: `train.rs`.
@@ -17,13 +15,59 @@ mod data;
 mod plot;
 mod train;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
 use data::{DataSet, Group, CLASSES};
 use std::path::PathBuf;
 use tch::Device;
 use train::{Classifier, LossKind, RunResult, Schedule};
 
-const USAGE: &str = "options: --device auto|cpu|cuda, --epochs N, --seed S, --hidden H, --head classification|detection, --classifier linear|normed, --json PATH, --plot PATH";
+/// Long-tail demo: softmax cross-entropy against Seesaw loss on a synthetic
+/// data set shaped like LVIS v1.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Where to train: the GPU when libtorch sees one (auto), the CPU, or the
+    /// GPU (an error without one).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Training epochs.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+    epochs: i64,
+    /// Seed of the data and of the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Width of the hidden layer.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i64).range(1..))]
+    hidden: i64,
+    /// classification: C outputs; detection: a background class, C + 1
+    /// outputs for cross-entropy and the C + 2 head for Seesaw.
+    #[arg(long, value_enum, default_value_t = HeadChoice::Classification)]
+    head: HeadChoice,
+    /// The models' last layer: linear, or mmdetection's cosine classifier.
+    #[arg(long, value_enum, default_value_t = Classifier::Linear)]
+    classifier: Classifier,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to write the plot [default: next to the JSON, else
+    /// target/long_tail/long_tail.svg].
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HeadChoice {
+    Classification,
+    Detection,
+}
 
 struct Options {
     schedule: Schedule,
@@ -31,74 +75,31 @@ struct Options {
     plot: PathBuf,
 }
 
-fn number(value: Option<String>, flag: &str) -> Result<i64> {
-    value
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("{flag} takes a number ({USAGE})"))
-}
-
 fn parse_options() -> Result<Options> {
-    let mut device = None;
-    let mut detection = false;
-    let mut classifier = Classifier::Linear;
-    let (mut epochs, mut seed, mut hidden) = (20, 0, 256);
-    let (mut json, mut plot) = (None::<PathBuf>, None::<PathBuf>);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--device" => {
-                device = match args.next().as_deref() {
-                    Some("auto") => None,
-                    Some("cpu") => Some(Device::Cpu),
-                    Some("cuda") if tch::Cuda::is_available() => Some(Device::Cuda(0)),
-                    Some("cuda") => bail!("--device cuda: libtorch sees no CUDA device"),
-                    other => bail!("--device takes auto, cpu or cuda, got {other:?}"),
-                }
-            }
-            "--head" => {
-                detection = match args.next().as_deref() {
-                    Some("classification") => false,
-                    Some("detection") => true,
-                    other => bail!("--head takes classification or detection, got {other:?}"),
-                }
-            }
-            "--classifier" => {
-                classifier = match args.next().as_deref() {
-                    Some("linear") => Classifier::Linear,
-                    Some("normed") => Classifier::Normed,
-                    other => bail!("--classifier takes linear or normed, got {other:?}"),
-                }
-            }
-            "--epochs" => epochs = number(args.next(), "--epochs")?,
-            "--seed" => seed = number(args.next(), "--seed")?,
-            "--hidden" => hidden = number(args.next(), "--hidden")?,
-            "--json" => json = Some(args.next().ok_or_else(|| anyhow!("--json takes a path"))?.into()),
-            "--plot" => plot = Some(args.next().ok_or_else(|| anyhow!("--plot takes a path"))?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown option {other} ({USAGE})"),
-        }
-    }
-    if epochs < 1 || hidden < 1 {
-        bail!("--epochs and --hidden must be at least 1");
-    }
-    let plot = plot.unwrap_or_else(|| match &json {
+    let cli = Cli::parse();
+    let device = match cli.device {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+        DeviceChoice::Cuda => bail!("--device cuda: libtorch sees no CUDA device"),
+    };
+    // Generated files go where a user expects them: next to the JSON asked
+    // for, else in the build output folder (ignored by git), not the
+    // repository root.
+    let plot = cli.plot.unwrap_or_else(|| match &cli.json {
         Some(j) => j.with_extension("svg"),
-        None => PathBuf::from("long_tail.svg"),
+        None => PathBuf::from("target").join("long_tail").join("long_tail.svg"),
     });
     Ok(Options {
         schedule: Schedule {
-            detection,
-            classifier,
-            epochs,
-            hidden,
-            seed,
-            device: device.unwrap_or_else(Device::cuda_if_available),
+            detection: matches!(cli.head, HeadChoice::Detection),
+            classifier: cli.classifier,
+            epochs: cli.epochs,
+            hidden: cli.hidden,
+            seed: cli.seed,
+            device,
         },
-        json,
+        json: cli.json,
         plot,
     })
 }

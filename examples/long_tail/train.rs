@@ -48,7 +48,7 @@ pub struct Schedule {
 }
 
 /// The models' last layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Classifier {
     /// A plain linear layer.
     Linear,
