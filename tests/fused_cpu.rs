@@ -21,3 +21,9 @@ fn cpu_mirror_matches_the_reference_over_the_sweep() {
         cases.len()
     );
 }
+
+/// Configurations at the edges of f32, on the CPU mirror.
+#[test]
+fn the_paths_agree_at_the_edges_of_f32() {
+    the_paths_agree_at_the_edges_of_f32_on(Device::Cpu);
+}

@@ -245,3 +245,9 @@ fn a_whole_step_replays_from_a_cuda_graph() {
     }
     use_default_stream(0).unwrap();
 }
+
+#[test]
+#[ignore = "needs a CUDA device (scripts/gpu-pack.sh's run.sh passes --include-ignored)"]
+fn the_kernels_agree_with_the_reference_at_the_edges_of_f32_on_the_gpu() {
+    the_paths_agree_at_the_edges_of_f32_on(cuda());
+}

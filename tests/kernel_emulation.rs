@@ -72,3 +72,8 @@ fn a_failed_call_takes_its_batch_back_out() {
 fn emulated_steps_are_bitwise_reproducible() {
     kernel::steps_are_bitwise_reproducible(emulated());
 }
+
+#[test]
+fn the_emulated_kernels_agree_with_the_reference_at_the_edges_of_f32() {
+    the_paths_agree_at_the_edges_of_f32_on(emulated());
+}

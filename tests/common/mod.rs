@@ -547,3 +547,57 @@ pub fn sweep_cases(max_elems: i64) -> Vec<SweepCase> {
     }
     cases
 }
+
+/// Configurations at the edges of what the fused paths (f32) can represent,
+/// on `dev` (the CPU mirror, the emulated kernels, a GPU),
+/// accepted by the configuration: both paths agree within the f32 tolerance,
+/// on losses per row and gradients, and no per-row loss is negative.
+pub fn the_paths_agree_at_the_edges_of_f32_on(dev: Device) {
+    use seesaw_loss::{Backend, Reduction, SeesawConfig, SeesawLoss};
+    use tch::{nn, Kind};
+    let (c, n) = (50, 64);
+    let edges = [
+        (
+            "eps at f32's smallest normal",
+            SeesawConfig::detection(c).eps(f32::MIN_POSITIVE as f64),
+        ),
+        ("loss_weight 1e30", SeesawConfig::detection(c).loss_weight(1e30)),
+        ("p 40 (steep mitigation)", SeesawConfig::detection(c).p(40.0)),
+        ("q 40 (steep compensation)", SeesawConfig::detection(c).q(40.0)),
+        ("no factors", SeesawConfig::classification(c).p(0.0).q(0.0)),
+    ];
+    for (name, config) in edges {
+        let vs = nn::VarStore::new(dev);
+        let mut fused = SeesawLoss::new(vs.root() / "f", config.clone().backend(Backend::Fused)).unwrap();
+        let mut reference = SeesawLoss::new(vs.root() / "r", config.clone().backend(Backend::Reference)).unwrap();
+        // Uneven counts, so the mitigation factor bites.
+        let counts: Vec<i64> = (0..config.num_counters()).map(|j| 1 + (j * j * 37) % 5000).collect();
+        set_counts_of(&vs, "f.cum_samples", &counts);
+        set_counts_of(&vs, "r.cum_samples", &counts);
+        let scores = (random_scores(n, config.cls_channels(), 91) * 3.0)
+            .to_kind(Kind::Float)
+            .to_device(dev);
+        let labels = random_labels(n, config.num_counters(), 92).to_device(dev);
+        let (a, b) = (
+            scores.detach().copy().set_requires_grad(true),
+            scores.detach().copy().set_requires_grad(true),
+        );
+        let out_a = fused
+            .forward_with_reduction(&a, &labels, None, None, Reduction::None)
+            .unwrap();
+        let out_b = reference
+            .forward_with_reduction(&b, &labels, None, None, Reduction::None)
+            .unwrap();
+        out_a.total().backward();
+        out_b.total().backward();
+        let tol = tolerance(Kind::Float);
+        let e = rel_err(&out_a.classes, &out_b.classes);
+        assert!(e <= tol, "{name}: class losses rel err {e:e}");
+        assert!(
+            to_vec(&out_a.classes).iter().all(|&v| v >= 0.0),
+            "{name}: a negative class loss"
+        );
+        let e = rel_err(&a.grad(), &b.grad());
+        assert!(e <= tol, "{name}: gradient rel err {e:e}");
+    }
+}
