@@ -202,7 +202,7 @@ pub(crate) fn good_batch_state(positive: i64, device: Device) -> Result<Tensor> 
 pub(crate) fn forward(call: &Call) -> Result<Parts> {
     let (classes, objectness) = crate::autograd::apply(call)?;
     Ok(Parts {
-        classes: select_positive(call, classes),
+        classes: select_positive(call, classes)?,
         objectness,
     })
 }
@@ -244,7 +244,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
     };
     Ok((
         Parts {
-            classes: select_positive(call, classes),
+            classes: select_positive(call, classes)?,
             objectness,
         },
         grad,
@@ -254,12 +254,12 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Parts, Tensor)> {
 /// [`Reduction::None`] on the detection head: one class-loss entry per
 /// positive row. The one host read the semantics force: the output's length
 /// is the number of positive rows.
-fn select_positive(call: &Call, classes: Tensor) -> Tensor {
+fn select_positive(call: &Call, classes: Tensor) -> Result<Tensor> {
     if call.head() == Head::Detection && call.reduction() == Reduction::None {
         crate::probe::host_read();
-        let positive = call.labels.lt(call.num_classes()).nonzero().squeeze_dim(1);
-        classes.index_select(0, &positive)
+        let positive = call.labels.f_lt(call.num_classes())?.f_nonzero()?.f_squeeze_dim(1)?;
+        Ok(classes.f_index_select(0, &positive)?)
     } else {
-        classes
+        Ok(classes)
     }
 }
