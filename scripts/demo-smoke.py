@@ -19,7 +19,11 @@ for loss, entry in data.items():
         assert 0.0 <= entry[group] <= 1.0, f"{loss}.{group} = {entry[group]} is not a fraction"
     assert entry["step_ms"] > 0.0, f"{loss}.step_ms = {entry['step_ms']}"
 doc = xml.dom.minidom.parse(result_svg)
-lines = doc.getElementsByTagName("polyline")
-assert len(lines) == 2, f"expected one line per loss, found {len(lines)}"
-assert len(doc.getElementsByTagName("circle")) == 2 * 1203, "expected one point per class and loss"
+# Each loss has its colour: a line through the bin means and its legend mark,
+# and one point per class.
+for colour in ("#1F77B4", "#D62728"):
+    lines = [l for l in doc.getElementsByTagName("polyline") if l.getAttribute("stroke").upper() == colour]
+    assert len(lines) == 2, f"expected a line and a legend mark in {colour}, found {len(lines)}"
+    points = [c for c in doc.getElementsByTagName("circle") if c.getAttribute("fill").upper() == colour]
+    assert len(points) == 1203, f"expected one {colour} point per class, found {len(points)}"
 print(f"demo output ok: {result_json}, {result_svg}")

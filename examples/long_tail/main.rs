@@ -170,7 +170,10 @@ fn main() -> Result<()> {
 
     let series: Vec<plot::Series> = runs
         .iter()
-        .zip(["#1f77b4", "#d62728"])
+        .zip([
+            plotters::style::RGBColor(0x1f, 0x77, 0xb4),
+            plotters::style::RGBColor(0xd6, 0x27, 0x28),
+        ])
         .map(|((k, r), colour)| plot::Series {
             name: k.name(),
             colour,
@@ -181,7 +184,7 @@ fn main() -> Result<()> {
         "Per-class test accuracy, {CLASSES} LVIS-shaped classes (seed {})",
         s.seed
     );
-    write_file(&options.plot, &plot::svg(&title, &data.train_counts, &series))?;
+    write_file(&options.plot, &plot::svg(&title, &data.train_counts, &series)?)?;
     println!("\nplot: {}", options.plot.display());
     if let Some(path) = &options.json {
         write_file(path, &json(&data, &runs))?;

@@ -1,36 +1,20 @@
 //! An SVG plot of per-class test accuracy against training-sample count, both
 //! losses on one chart: faint points per class, bold lines through the means
-//! of log-spaced bins, and the rare/common/frequent boundaries. Written by
-//! hand: a few dozen SVG elements do not need a plotting library.
+//! of log-spaced bins, and the rare/common/frequent boundaries; drawn with
+//! plotters' SVG backend (no system library: its built-in font metrics).
 
-use std::fmt::Write;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-const WIDTH: f64 = 760.0;
-const HEIGHT: f64 = 440.0;
-const LEFT: f64 = 64.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = 56.0;
+const SIZE: (u32, u32) = (760, 440);
 const BINS: usize = 14;
 
 /// One loss's per-class accuracies (fractions) and how to draw them.
 pub struct Series<'a> {
     pub name: &'a str,
-    pub colour: &'a str,
+    pub colour: RGBColor,
     pub per_class: &'a [f64],
-}
-
-struct Axes {
-    log_max: f64,
-}
-
-impl Axes {
-    fn x(&self, samples: f64) -> f64 {
-        LEFT + samples.log10() / self.log_max * (WIDTH - LEFT - RIGHT)
-    }
-    fn y(&self, accuracy: f64) -> f64 {
-        HEIGHT - BOTTOM - accuracy * (HEIGHT - TOP - BOTTOM)
-    }
 }
 
 /// Mean accuracy and mean count of the classes in each log-spaced bin of
@@ -52,102 +36,74 @@ fn binned(counts: &[i64], per_class: &[f64], log_max: f64) -> Vec<(f64, f64)> {
 }
 
 /// The whole SVG document.
-pub fn svg(title: &str, counts: &[i64], series: &[Series]) -> String {
+pub fn svg(title: &str, counts: &[i64], series: &[Series]) -> Result<String> {
     let max = *counts.iter().max().unwrap_or(&10) as f64;
-    let axes = Axes {
-        log_max: max.log10().ceil().max(1.0),
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{title}</text>"#,
-        WIDTH / 2.0
-    );
-    // Grid and axes.
-    for i in 0..=10 {
-        let acc = i as f64 / 10.0;
-        let y = axes.y(acc);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}%</text>"##,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            y + 4.0,
-            acc * 100.0
-        );
-    }
-    for decade in 0..=axes.log_max as i32 {
-        let x = axes.x(10f64.powi(decade));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            HEIGHT - BOTTOM,
-            HEIGHT - BOTTOM + 16.0,
-            10i64.pow(decade as u32)
-        );
-    }
-    for (boundary, label) in [(10.5, "rare | common"), (100.5, "common | frequent")] {
-        let x = axes.x(boundary);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#888" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#666">{label}</text>"##,
-            HEIGHT - BOTTOM,
-            x,
-            TOP - 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">training samples of the class (log scale)</text>"#,
-        (LEFT + WIDTH - RIGHT) / 2.0,
-        HEIGHT - 14.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">test accuracy of the class</text>"#,
-        HEIGHT / 2.0,
-        HEIGHT / 2.0
-    );
-    // Data: points per class, then the binned means on top.
-    for series in series {
-        for (&n, &a) in counts.iter().zip(series.per_class) {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="1.8" fill="{}" fill-opacity="0.18"/>"#,
-                axes.x(n as f64),
-                axes.y(a),
-                series.colour
-            );
+    let log_max = max.log10().ceil().max(1.0);
+    let mut document = String::new();
+    {
+        let plot_error = |e: &dyn std::fmt::Display| anyhow!("drawing the plot: {e}");
+        let root = SVGBackend::with_string(&mut document, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_error(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 15))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(52)
+            .build_cartesian_2d((1f64..10f64.powf(log_max)).log_scale(), 0f64..1f64)
+            .map_err(|e| plot_error(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("training samples of the class (log scale)")
+            .y_desc("test accuracy of the class")
+            .y_label_formatter(&|a| format!("{:.0}%", a * 100.0))
+            .x_label_formatter(&|n| format!("{n:.0}"))
+            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+            .draw()
+            .map_err(|e| plot_error(&e))?;
+        // The group boundaries, labelled near the bottom (the legend is at
+        // the top left).
+        let grey = RGBColor(0x66, 0x66, 0x66);
+        for (boundary, label) in [(10.5, "rare | common"), (100.5, "common | frequent")] {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(boundary, 0.0), (boundary, 1.0)],
+                    4,
+                    3,
+                    RGBColor(0x88, 0x88, 0x88).into(),
+                ))
+                .map_err(|e| plot_error(&e))?;
+            let text = ("sans-serif", 12)
+                .into_font()
+                .color(&grey)
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart
+                .draw_series([Text::new(label, (boundary, 0.04), text)])
+                .map_err(|e| plot_error(&e))?;
         }
+        // Points per class, then the binned means on top.
+        for s in series {
+            let dots = counts
+                .iter()
+                .zip(s.per_class)
+                .map(|(&n, &a)| Circle::new((n as f64, a), 2, s.colour.mix(0.18).filled()));
+            chart.draw_series(dots).map_err(|e| plot_error(&e))?;
+        }
+        for s in series {
+            let style = s.colour.stroke_width(3);
+            chart
+                .draw_series(LineSeries::new(binned(counts, s.per_class, log_max), style))
+                .map_err(|e| plot_error(&e))?
+                .label(format!("{} (bin means; dots: classes)", s.name))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .draw()
+            .map_err(|e| plot_error(&e))?;
+        root.present().map_err(|e| plot_error(&e))?;
     }
-    for (i, series) in series.iter().enumerate() {
-        let points: Vec<String> = binned(counts, series.per_class, axes.log_max)
-            .iter()
-            .map(|&(n, a)| format!("{:.1},{:.1}", axes.x(n), axes.y(a)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
-            points.join(" "),
-            series.colour
-        );
-        let ly = TOP + 14.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="2.5"/><text x="{:.1}" y="{:.1}">{} (bin means; dots: classes)</text>"#,
-            LEFT + 12.0,
-            LEFT + 36.0,
-            series.colour,
-            LEFT + 42.0,
-            ly + 4.0,
-            series.name
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    Ok(document)
 }
