@@ -79,9 +79,9 @@ struct WarpSlots {
 struct Block {
     ucontext_t scheduler;
     ucontext_t lanes[MAX_BLOCK];
-    // Left uninitialized: zeroing them per worker and launch is most of a
-    // small launch's time.
-    std::unique_ptr<char[]> stacks{new char[MAX_BLOCK * STACK_BYTES]};
+    // One stack per thread of the launch's blocks, left uninitialized:
+    // zeroing them per worker and launch is most of a small launch's time.
+    std::unique_ptr<char[]> stacks;
     bool exited[MAX_BLOCK];
     Meeting at[MAX_BLOCK];
     WarpSlots warps[MAX_BLOCK / WARP];
@@ -497,24 +497,37 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     const std::vector<unsigned> block_order = shuffled(grid);
     const std::vector<unsigned> warp_order = shuffled(block / WARP);
     std::atomic<size_t> next{0};
+    auto report = [&](const std::string& e) {
+        if (!error_taken.test_and_set()) first_error = std::string(name) + ": " + e;
+        failed.store(true);
+    };
     auto worker = [&]() {
-        std::unique_ptr<Block> b(new Block);
-        b->grid_dim.x = grid;
-        b->block_dim.x = block;
-        b->threads = block;
-        b->body = {k->invoke, k->fn, pointers.data()};
-        for (size_t i; !failed.load() && (i = next.fetch_add(1)) < block_order.size();) {
-            const std::string e = run_block(*b, block_order[i], warp_order);
-            if (!e.empty()) {
-                if (!error_taken.test_and_set()) first_error = std::string(name) + ": " + e;
-                failed.store(true);
+        // Running out of memory (a block's fiber stacks are large) is an
+        // error of the launch, as on a device, not an exception that would
+        // end the process from a worker thread.
+        try {
+            std::unique_ptr<Block> b(new Block);
+            b->stacks.reset(new char[(size_t)block * STACK_BYTES]);
+            b->grid_dim.x = grid;
+            b->block_dim.x = block;
+            b->threads = block;
+            b->body = {k->invoke, k->fn, pointers.data()};
+            for (size_t i; !failed.load() && (i = next.fetch_add(1)) < block_order.size();) {
+                const std::string e = run_block(*b, block_order[i], warp_order);
+                if (!e.empty()) report(e);
             }
+        } catch (const std::bad_alloc&) {
+            report("out of host memory for the emulated threads");
         }
         current = nullptr;
     };
     const unsigned n_threads = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
     std::vector<std::thread> threads;
-    for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+    try {
+        for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+    } catch (const std::exception&) {
+        report("could not start the emulator's worker threads");
+    }
     worker();
     for (auto& t : threads) t.join();
 

@@ -79,6 +79,15 @@ fn child(case: &str) {
     } else {
         Backend::Fused
     };
+    #[cfg(feature = "testing")]
+    if case.starts_with("emulated") {
+        seesaw_loss::testing::emulate_kernels();
+    }
+    #[cfg(not(feature = "testing"))]
+    if case.starts_with("emulated") {
+        println!("case {case} ok: skipped without the testing feature");
+        return;
+    }
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(c).backend(backend)).unwrap();
     let scores = Tensor::randn([n, c + 2], (Kind::Float, Device::Cpu));
@@ -93,12 +102,20 @@ fn child(case: &str) {
     let leaf = scores.detach().set_requires_grad(true);
     let before = Vec::<i64>::try_from(loss.cum_samples().unwrap()).unwrap();
 
-    limit_address_space(address_space() + (64 << 20));
+    // Room for small allocations, not for another N x C; the emulated kernels
+    // also need their fiber stacks (128 MiB for seesaw_prepare's 1024 threads).
+    let headroom: u64 = if case.starts_with("emulated") {
+        320 << 20
+    } else {
+        64 << 20
+    };
+    limit_address_space(address_space() + headroom);
     let outcome: Result<(), Error> = match case {
         "reference-forward" => loss.forward(&leaf, &labels, None, None).map(|_| ()),
-        "reference-forward-backward" | "fused-forward-backward" => {
+        "reference-forward-backward" | "fused-forward-backward" | "emulated-forward-backward" => {
             loss.forward_backward(&scores, &labels, None, None).map(|_| ())
         }
+        "activation" => loss.activation(&scores).map(|_| ()),
         "fused-backward" => {
             // The node's forward keeps nothing N x C and fits; its backward
             // cannot allocate the gradient, and says so through f_backward.
