@@ -39,21 +39,19 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// A validated call under `config`.
-    #[allow(clippy::too_many_arguments)]
+    /// A validated call under `config`, with its parameter block.
     pub(crate) fn new(
         config: &SeesawConfig,
+        params: SeesawParams,
         scores: &Tensor,
         labels: Tensor,
         weights: Option<Tensor>,
         log_counts: Tensor,
         state: Option<Tensor>,
-        reduction: Reduction,
-        avg_factor: Option<f64>,
     ) -> Call {
         Call {
             compute_kind: crate::inputs::compute_kind(scores.kind()),
-            params: SeesawParams::new(config, &scores.size(), reduction, avg_factor),
+            params,
             exact: Exact {
                 p: config.p,
                 q: config.q,

@@ -6,6 +6,7 @@ use tch::{Kind, Tensor};
 use crate::call::Call;
 use crate::config::{Reduction, SeesawConfig};
 use crate::error::{Error, Result};
+use crate::params::SeesawParams;
 use crate::{fused, inputs, reference};
 
 /// Seesaw cross-entropy of `cls_score` `[N, C]` for `labels` `[N]` in
@@ -93,9 +94,8 @@ pub fn seesaw_ce_loss(
     } else {
         log_counts
     };
-    let call = Call::new(
-        &config, cls_score, labels, weights, log_counts, state, reduction, avg_factor,
-    );
+    let params = SeesawParams::new(&config, &cls_score.size(), reduction, avg_factor);
+    let call = Call::new(&config, params, cls_score, labels, weights, log_counts, state);
     let parts = if fused {
         fused::forward(&call)?
     } else {

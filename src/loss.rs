@@ -366,19 +366,17 @@ impl SeesawLoss {
             }
         }
         self.counts.normalize()?;
+        let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
         if !use_fused {
             // From here on the inputs are known good: the counts take the batch.
             self.counts.add(&labels, 1)?;
             let log_counts = self.counts.log_counts(config.num_classes(), compute_kind)?;
-            let call = Call::new(
-                config, cls_score, labels, weights, log_counts, None, reduction, avg_factor,
-            );
+            let call = Call::new(config, params, cls_score, labels, weights, log_counts, None);
             return compute(&call, false).map_err(|e| undone(e, self.counts.add(&call.labels, -1)));
         }
 
         // The fused paths check, count and prepare in one step; a bad batch
         // changes nothing and is reported now or later as configured.
-        let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
         let prepared = fused::prepare(&params, &labels, weights.as_ref(), self.counts.raw(), &mut self.fused)?;
         let counted = prepared.bad.is_none();
         if let Some(bad) = prepared.bad {
@@ -389,13 +387,12 @@ impl SeesawLoss {
         }
         let call = Call::new(
             config,
+            params,
             cls_score,
             labels,
             weights,
             prepared.log_counts,
             Some(prepared.state),
-            reduction,
-            avg_factor,
         );
         compute(&call, true).map_err(|e| {
             // The kernel's rollback skips a batch its prepare step found bad.

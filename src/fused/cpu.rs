@@ -15,7 +15,7 @@ use std::ops::Range;
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::{LossRows, Upstream};
+use super::{as_contiguous, LossRows, Upstream};
 use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
@@ -179,17 +179,6 @@ struct Inputs {
     state: [i64; STATE_LEN as usize],
 }
 
-/// `t` as a contiguous tensor of `kind`, with no operation when it already
-/// is one (each libtorch call costs more than the work at small N).
-fn as_contiguous(t: &Tensor, kind: Kind) -> Result<Tensor> {
-    let t = if t.kind() == kind {
-        t.shallow_clone()
-    } else {
-        t.f_to_kind(kind)?
-    };
-    Ok(if t.is_contiguous() { t } else { t.f_contiguous()? })
-}
-
 impl Inputs {
     fn of(call: &Call) -> Result<Inputs> {
         ensure!(call.scores.device() == Device::Cpu, "the CPU mirror takes CPU tensors");
@@ -249,12 +238,9 @@ fn mean_divisors(params: &SeesawParams, rows: i64, positive: i64) -> (f32, f32) 
     if params.reduction() != Reduction::Mean {
         return (1.0, 1.0);
     }
-    if let Some(avg) = params.avg_factor() {
-        let d = (avg + f32::EPSILON as f64) as f32;
-        return (d, d);
-    }
     let class_rows = if params.detection != 0 { positive } else { rows };
-    (class_rows.max(1) as f32, rows.max(1) as f32)
+    let divisor = |rows| crate::reference::mean_divisor(rows, params.avg_factor()) as f32;
+    (divisor(class_rows), divisor(rows))
 }
 
 impl Host<'_> {
@@ -368,7 +354,7 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(None, None, Some(&grad)) };
     parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
-    in_kind(grad, call.scores.kind())
+    as_contiguous(&grad, call.scores.kind())
 }
 
 /// Both passes back to back on each row (the row is still in cache for the
@@ -397,12 +383,7 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
         backward_block(&host, rows, &stats_in, &up, &targets)
     });
     let (classes, objectness) = reduced(&host, out)?;
-    Ok((classes, objectness, in_kind(grad, call.scores.kind())?))
-}
-
-/// `t` in `kind`, with no operation when it already is.
-fn in_kind(t: Tensor, kind: Kind) -> Result<Tensor> {
-    Ok(if t.kind() == kind { t } else { t.f_to_kind(kind)? })
+    Ok((classes, objectness, as_contiguous(&grad, call.scores.kind())?))
 }
 
 /// Row stats, `[N, 2]` f32, read by row.

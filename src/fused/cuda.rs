@@ -9,7 +9,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
 use super::device::{self, ContextGuard};
-use super::{LossRows, Upstream};
+use super::{as_contiguous, LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Reduction;
 use crate::deferred::ErrorRecord;
@@ -181,8 +181,8 @@ pub(crate) fn prepare_call(
 ) -> Result<(Tensor, Tensor)> {
     let device = labels.device();
     let executor = Executor::of(device)?;
-    let labels = labels.f_contiguous()?;
-    let weights = weights.map(|w| w.f_to_kind(Kind::Float)?.f_contiguous()).transpose()?;
+    let labels = as_contiguous(labels, Kind::Int64)?;
+    let weights = weights.map(|w| as_contiguous(w, Kind::Float)).transpose()?;
     let log_counts = Tensor::f_empty([params.classes as i64], (Kind::Float, device))?;
     let state = Tensor::f_empty([STATE_LEN as i64], (Kind::Int64, device))?;
     poison([&log_counts]);
@@ -217,7 +217,7 @@ pub(crate) fn add_counts(counts: &Tensor, labels: &Tensor, step: i64, state: Opt
         return Ok(());
     }
     let executor = Executor::of(labels.device())?;
-    let labels = labels.f_contiguous()?;
+    let labels = as_contiguous(labels, Kind::Int64)?;
     let blocks = (n as u64).div_ceil(COUNT_BLOCK as u64).min(1024) as u32;
     let args = [
         Arg::of(&labels),
@@ -268,13 +268,13 @@ impl Launch {
         Ok(Launch {
             executor,
             scores,
-            labels: call.labels.f_contiguous()?,
+            labels: as_contiguous(&call.labels, Kind::Int64)?,
             weights: call
                 .weights
                 .as_ref()
-                .map(|w| w.f_to_kind(Kind::Float)?.f_contiguous())
+                .map(|w| as_contiguous(w, Kind::Float))
                 .transpose()?,
-            log_counts: call.log_counts.f_to_kind(Kind::Float)?.f_contiguous()?,
+            log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
             state: state.shallow_clone(),
             params,
             width,
@@ -442,7 +442,7 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
     let grad = l.grad()?;
-    let stats = stats.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let stats = as_contiguous(stats, Kind::Float)?;
     if stats.size() != [l.n(), 2] {
         bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n());
     }

@@ -69,12 +69,7 @@ impl Upstream {
             } else {
                 t.f_to_device(device)?
             };
-            let t = if t.kind() == Kind::Float {
-                t
-            } else {
-                t.f_to_kind(Kind::Float)?
-            };
-            Ok(Some(if t.is_contiguous() { t } else { t.f_contiguous()? }))
+            Ok(Some(as_contiguous(&t, Kind::Float)?))
         };
         Ok(Upstream {
             classes: place(&self.classes)?,
@@ -91,6 +86,17 @@ impl Upstream {
             1
         }
     }
+}
+
+/// `t` as a contiguous tensor of `kind`, with no operation when it already
+/// is one: at small N each libtorch call costs more than its work.
+pub(crate) fn as_contiguous(t: &Tensor, kind: Kind) -> Result<Tensor> {
+    let t = if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.f_to_kind(kind)?
+    };
+    Ok(if t.is_contiguous() { t } else { t.f_contiguous()? })
 }
 
 /// Whether the fused rows of a call on `device` run as the CUDA kernel: on
