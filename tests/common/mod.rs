@@ -375,6 +375,9 @@ impl SweepCase {
 /// held to be right), two steps each so that counts matter, through the
 /// autograd node and through `forward_backward` (a second loss in lockstep),
 /// and returns (worst relative error of the outputs, of the gradients).
+/// A reference side computes in float64, on the inputs rounded to the
+/// case's kind: the other side is held to the exact loss, not to the
+/// reference path's own f32 rounding (which at large logits is the larger).
 pub fn sweep_case(
     case: SweepCase,
     a: (seesaw_loss::Backend, Device),
@@ -418,6 +421,11 @@ pub fn sweep_case(
         .collect();
     // Per step: the node's (outputs, gradient), then forward_backward's.
     let run = |backend: Backend, dev: Device| -> Vec<[(Vec<Tensor>, Tensor); 2]> {
+        let compute_kind = if backend == Backend::Reference {
+            Kind::Double
+        } else {
+            case.kind
+        };
         let vs = tch::nn::VarStore::new(dev);
         let mut loss = SeesawLoss::new(vs.root() / "node", config(backend)).unwrap();
         let mut fb_loss = SeesawLoss::new(vs.root() / "fb", config(backend)).unwrap();
@@ -427,7 +435,12 @@ pub fn sweep_case(
                 let labels = labels.to_device(dev);
                 let weights = weights.to_device(dev);
                 let weights = case.weighted.then_some(&weights);
-                let leaf = base.to_kind(case.kind).to_device(dev).detach().set_requires_grad(true);
+                let leaf = base
+                    .to_kind(case.kind)
+                    .to_kind(compute_kind)
+                    .to_device(dev)
+                    .detach()
+                    .set_requires_grad(true);
                 let scores = if case.strided {
                     leaf.slice(1, 0, 2 * width, 2)
                 } else {
