@@ -10,18 +10,31 @@
 // per block. Blocks run on several OS threads, so atomics race as they do on
 // a GPU.
 //
-// Checks the device would not report (each fails the launch with a message):
+// Every access of the kernels to memory goes through ld / st / the atomics
+// (kernels/seesaw.cu), which here count the bytes each launch reads and
+// writes in each buffer argument, and check it.
+//
+// Checks (each fails the launch with a message, as a fault would, or reports
+// what the device would leave undefined):
 //   - the launch's arguments match the kernel's parameters in number and size
 //     (on a GPU a mismatch is silently misread arguments);
+//   - every access is aligned to its size, 16-byte vector accesses included
+//     (a misaligned access faults on the device);
+//   - every global access lies inside a buffer argument (else it would read
+//     or corrupt someone else's memory, or fault); each buffer argument is
+//     also copied to the end of a mapping followed by an inaccessible page,
+//     at the original's alignment modulo 16, as a second line;
 //   - every lane of a warp reaches the same intrinsic with the full mask, or
 //     none does (diverged warp intrinsics are undefined on the device);
 //   - every thread of a block reaches each __syncthreads (one that some
 //     threads skip or leave the kernel before is undefined on the device);
-//   - no access runs past the end of a buffer: each buffer argument is copied
-//     to the end of a mapping followed by an inaccessible page, and a fault
-//     there stops the process with the kernel's and argument's names.
-// What it does not model: the device's expf / logf (host libm; both within a
-// few ulp), memory ordering between warps, reads before a buffer's start.
+//   - shared memory (SEESAW_SHARED) is read only after a thread of the block
+//     wrote it, and no thread reads a word that another wrote, or writes a
+//     word that another read or wrote, since the last __syncthreads (a race
+//     on the device), atomics on the same word excepted.
+// What it does not model: the device's expf / logf / exp2 (host libm; all
+// within a few ulp), memory ordering between warps, caches (every access
+// counts, so a logit read twice counts twice).
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -53,7 +66,7 @@ constexpr size_t STACK_BYTES = 128 * 1024;
 
 // What a lane waits at: a warp intrinsic (with its lane mask and xor offset)
 // or the block barrier.
-enum class Op : int { None, Shuffle, Match, Barrier };
+enum class Op : int { None, Shuffle, Broadcast, Match, Barrier };
 
 struct Meeting {
     Op op;
@@ -90,10 +103,25 @@ struct Block {
     dim3 block_idx, block_dim, grid_dim;
     dim3 thread_idx[MAX_BLOCK];
     Body body;
+    // The first fault a lane reported in this block ("" if none).
+    std::string fault;
 };
 
 thread_local Block* current = nullptr;
 thread_local int current_lane = 0;
+
+// Shared-memory epochs of this OS thread: one per stretch between barriers,
+// a new one at each block's start (so what a block wrote before is unwritten
+// for the next).
+thread_local uint64_t epoch = 1;
+thread_local uint64_t block_epoch = 1;
+
+// Records the first fault of the running block; the launch fails with it.
+void fault(const std::string& what) {
+    Block& b = *current;
+    if (b.fault.empty())
+        b.fault = "thread " + std::to_string(current_lane) + " of block " + std::to_string(b.block_idx.x) + " " + what;
+}
 
 void lane_main() {
     Block* b = current;
@@ -135,6 +163,8 @@ std::string run_block(Block& b, unsigned block, const std::vector<unsigned>& war
     current = &b;
     b.block_idx.x = block;
     b.barriers = 0;
+    b.fault.clear();
+    block_epoch = ++epoch;
     const unsigned n_warps = b.threads / WARP;
     for (unsigned lane = 0; lane < b.threads; ++lane) {
         b.exited[lane] = false;
@@ -159,14 +189,14 @@ std::string run_block(Block& b, unsigned block, const std::vector<unsigned>& war
             alive += !b.exited[lane];
             at_barrier += !b.exited[lane] && b.at[lane].op == Op::Barrier;
         }
-        if (alive == 0) return "";
+        if (alive == 0) return b.fault;
         bool progress = false;
         for (unsigned w : warp_order) {
             const int first = (int)(w * WARP);
             bool waits = false;
             for (int l = 0; l < WARP; ++l) {
                 const Op op = b.at[first + l].op;
-                waits |= !b.exited[first + l] && (op == Op::Shuffle || op == Op::Match);
+                waits |= !b.exited[first + l] && (op == Op::Shuffle || op == Op::Broadcast || op == Op::Match);
             }
             if (!waits) continue;
             for (int l = 0; l < WARP; ++l)
@@ -192,6 +222,7 @@ std::string run_block(Block& b, unsigned block, const std::vector<unsigned>& war
                    std::to_string(at_barrier) + " of " + std::to_string(b.threads) + " wait there, " +
                    std::to_string(b.threads - alive) + " left the kernel)";
         ++b.barriers;
+        ++epoch;
         for (unsigned w : warp_order)
             for (int l = 0; l < WARP; ++l) resume(b, (int)(w * WARP + l));
     }
@@ -204,7 +235,8 @@ struct Guarded {
     size_t bytes;
     char* mapping;
     size_t mapped;
-    char* copy;  // ends where the inaccessible page begins
+    char* copy;  // ends at most 15 bytes before the inaccessible page
+    int arg;     // the kernel argument it is
 };
 
 // Guard pages of the launches under way, for the fault handler.
@@ -265,7 +297,7 @@ GuardSlot* register_guard(uintptr_t page, const char* kernel, int arg) {
 
 bool guard(Guarded& g, const char* kernel, int arg, std::vector<GuardSlot*>& slots) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t data_pages = (g.bytes + page - 1) / page;
+    const size_t data_pages = (g.bytes + 15 + page - 1) / page;
     g.mapped = (data_pages + 1) * page;
     void* m = mmap(nullptr, g.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return false;
@@ -275,10 +307,103 @@ bool guard(Guarded& g, const char* kernel, int arg, std::vector<GuardSlot*>& slo
         munmap(g.mapping, g.mapped);
         return false;
     }
+    // At the original's address modulo 16, so that vector accesses are
+    // aligned here exactly when they are on the device.
     g.copy = guard_page - g.bytes;
+    g.copy -= ((uintptr_t)g.copy - (uintptr_t)g.original) & 15;
     memcpy(g.copy, g.original, g.bytes);
     if (GuardSlot* s = register_guard((uintptr_t)guard_page, kernel, arg)) slots.push_back(s);
     return true;
+}
+
+// ---- checked, counted memory accesses ------------------------------------------
+
+enum class Access { Read, Write, Atomic };
+
+// A word of a shared array: when it was last written and read, and by whom.
+struct SharedWord {
+    uint64_t written = 0, read = 0;
+    int writer = -1, reader = -1;  // reader -2: several threads
+    bool atomic = false;
+};
+
+struct SharedRegion {
+    uintptr_t base;
+    size_t bytes;
+    const char* name;
+    std::vector<SharedWord> words;
+};
+
+thread_local std::vector<SharedRegion> shared_regions;
+
+bool shared_region(void* base, size_t bytes, const char* name) {
+    shared_regions.push_back({(uintptr_t)base, bytes, name, std::vector<SharedWord>((bytes + 3) / 4)});
+    return true;
+}
+
+// The launch's buffers and this worker's byte counts per argument.
+thread_local const std::vector<Guarded>* launch_buffers = nullptr;
+thread_local uint64_t* bytes_read = nullptr;
+thread_local uint64_t* bytes_written = nullptr;
+
+void shared_access(SharedRegion& r, uintptr_t addr, size_t bytes, Access a) {
+    const int lane = current_lane;
+    for (size_t w = (addr - r.base) / 4; w <= (addr + bytes - 1 - r.base) / 4; ++w) {
+        SharedWord& s = r.words[w];
+        // Formatted only for a fault: this runs at every shared access.
+        auto word = [&] { return std::string(r.name) + " (word " + std::to_string(w) + ")"; };
+        if (a == Access::Read) {
+            if (s.written < block_epoch)
+                fault("reads shared " + word() + " before any thread of the block wrote it");
+            else if (s.written == epoch && (s.writer != lane || s.atomic))
+                fault("reads shared " + word() + ", which thread " + std::to_string(s.writer) +
+                      " wrote after the last __syncthreads");
+            if (s.read != epoch) {
+                s.read = epoch;
+                s.reader = lane;
+            } else if (s.reader != lane) {
+                s.reader = -2;
+            }
+        } else {
+            const bool atomic = a == Access::Atomic;
+            if (s.written == epoch && s.writer != lane && !(atomic && s.atomic))
+                fault("writes shared " + word() + ", which thread " + std::to_string(s.writer) +
+                      " wrote after the last __syncthreads");
+            if (s.read == epoch && s.reader != lane)
+                fault("writes shared " + word() + ", which " +
+                      (s.reader == -2 ? std::string("other threads") : "thread " + std::to_string(s.reader)) +
+                      " read after the last __syncthreads");
+            s.written = epoch;
+            s.writer = lane;
+            s.atomic = atomic;
+        }
+    }
+}
+
+// Checks one access and counts its bytes; false when it must not happen
+// (the launch then fails with the fault).
+bool check(const void* p, size_t bytes, Access a) {
+    const uintptr_t addr = (uintptr_t)p;
+    const char* what = a == Access::Read ? "load" : a == Access::Write ? "store" : "atomic";
+    if (addr % bytes != 0) {
+        fault("makes a misaligned " + std::to_string(bytes) + "-byte " + what + " (address % " +
+              std::to_string(bytes) + " = " + std::to_string(addr % bytes) + ")");
+        return false;
+    }
+    for (SharedRegion& r : shared_regions)
+        if (addr >= r.base && addr + bytes <= r.base + r.bytes) {
+            shared_access(r, addr, bytes, a);
+            return true;
+        }
+    if (launch_buffers)
+        for (const Guarded& g : *launch_buffers)
+            if (addr >= (uintptr_t)g.copy && addr + bytes <= (uintptr_t)g.copy + g.bytes) {
+                if (a != Access::Write) bytes_read[g.arg] += bytes;
+                if (a != Access::Read) bytes_written[g.arg] += bytes;
+                return true;
+            }
+    fault("makes a " + std::to_string(bytes) + "-byte " + what + " outside every buffer argument");
+    return false;
 }
 
 // ---- the kernel table --------------------------------------------------------
@@ -322,8 +447,7 @@ Kernel kernel(const char* name, void (*f)(A...)) {
 #define __device__
 #define __global__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static thread_local
+#define __launch_bounds__(...)
 #define threadIdx (emu::current->thread_idx[emu::current_lane])
 #define blockIdx (emu::current->block_idx)
 #define blockDim (emu::current->block_dim)
@@ -353,12 +477,46 @@ inline unsigned __float_as_uint(float f) {
     memcpy(&u, &f, 4);
     return u;
 }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline float fast_exp2(float x) { return exp2f(x); }
+inline float fast_log2(float x) { return log2f(x); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+template <class T>
+inline T ld(const T* p) {
+    T v{};
+    if (emu::check(p, sizeof(T), emu::Access::Read)) memcpy(&v, p, sizeof v);
+    return v;
+}
+template <class T>
+inline T ld_volatile(const T* p) {
+    return ld(p);
+}
+template <class T>
+inline void st(T* p, T v) {
+    if (emu::check(p, sizeof(T), emu::Access::Write)) memcpy(p, &v, sizeof v);
+}
+template <class T>
+inline void st_volatile(T* p, T v) {
+    st(p, v);
+}
+// A per-block array: per OS thread (a block runs on one), registered once per
+// thread for the access checks.
+#define SEESAW_SHARED(type, name, n)                                                          \
+    static thread_local type name[n];                                                         \
+    static thread_local const bool name##_registered = emu::shared_region(name, sizeof name, #name); \
+    (void)name##_registered
+
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    if (!emu::check(p, sizeof *p, emu::Access::Atomic)) return 0;
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
 inline long long atomicMin(long long* p, long long v) {
+    if (!emu::check(p, sizeof *p, emu::Access::Atomic)) return 0;
     long long old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
     while (v < old && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     }
@@ -373,6 +531,16 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     return __int_as_float((int)(uint32_t)row[((emu::current_lane % emu::WARP) ^ lane_mask) & 31]);
 }
 
+inline float __shfl_sync(unsigned mask, float v, int src) {
+    const uint64_t* row = emu::meet(emu::Op::Broadcast, mask, src, __float_as_uint(v));
+    return __int_as_float((int)(uint32_t)row[src & 31]);
+}
+
+inline long long __shfl_sync(unsigned mask, long long v, int src) {
+    const uint64_t* row = emu::meet(emu::Op::Broadcast, mask, src, (uint64_t)v);
+    return (long long)row[src & 31];
+}
+
 inline unsigned __match_any_sync(unsigned mask, long long v) {
     const uint64_t* row = emu::meet(emu::Op::Match, mask, 0, (uint64_t)v);
     unsigned same = 0;
@@ -383,7 +551,49 @@ inline unsigned __match_any_sync(unsigned mask, long long v) {
 
 #include "seesaw.cu"
 
-#undef __shared__
+// ---- faults planted for the emulator's own tests (src/fused/emulation.rs) ----
+
+// A 16-byte load 4 bytes past a 16-byte boundary.
+void planted_misaligned_vector(const float* p) {
+    if (threadIdx.x == 0) (void)ld((const Vec16*)(p + 1));
+}
+// A barrier that only the first warp reaches.
+void planted_partial_barrier(const float*) {
+    if (threadIdx.x < 32) __syncthreads();
+}
+// Lane 2 reads a word that lane 1 wrote, with no barrier between.
+void planted_shared_read_race(float* out) {
+    SEESAW_SHARED(float, cell, 1);
+    if (threadIdx.x == 0) st(&cell[0], 0.0f);
+    __syncthreads();
+    if (threadIdx.x == 1) st(&cell[0], 1.0f);
+    if (threadIdx.x == 2) st(out, ld(&cell[0]));
+}
+// Lane 2 overwrites a word that lane 1 read, with no barrier between.
+void planted_shared_write_race(float* out) {
+    SEESAW_SHARED(float, cell, 1);
+    if (threadIdx.x == 0) st(&cell[0], 0.0f);
+    __syncthreads();
+    if (threadIdx.x == 1) st(out, ld(&cell[0]));
+    if (threadIdx.x == 2) st(&cell[0], 2.0f);
+}
+// Reads shared memory no thread of the block wrote.
+void planted_unwritten_shared(float* out) {
+    SEESAW_SHARED(float, never, 64);
+    if (threadIdx.x == 0) st(out, ld(&never[5]));
+}
+// Writes one element past the end of its buffer.
+void planted_past_the_end(float* p, long long n) {
+    if (threadIdx.x == 0) st(p + n, 1.0f);
+}
+// The same exchange as the races, done right: no fault.
+void planted_exchange_done_right(float* out) {
+    SEESAW_SHARED(float, cells, 64);
+    st(&cells[threadIdx.x], (float)threadIdx.x);
+    __syncthreads();
+    st(out + threadIdx.x, ld(&cells[(threadIdx.x + 1) % 64]));
+}
+
 #undef threadIdx
 #undef blockIdx
 #undef blockDim
@@ -397,11 +607,17 @@ namespace emu {
     kernel("seesaw_forward_" #SUFFIX, seesaw_forward_##SUFFIX), \
         kernel("seesaw_backward_" #SUFFIX, seesaw_backward_##SUFFIX), \
         kernel("seesaw_forward_backward_" #SUFFIX, seesaw_forward_backward_##SUFFIX)
+#define PLANTED(NAME) kernel(#NAME, NAME)
 
 const std::vector<Kernel>& kernels() {
-    static const std::vector<Kernel> table = {ROW_KERNELS(f32), ROW_KERNELS(f16), ROW_KERNELS(bf16),
-                                              kernel("seesaw_prepare", seesaw_prepare),
-                                              kernel("seesaw_count", seesaw_count)};
+    static const std::vector<Kernel> table = {
+        ROW_KERNELS(f32_warp), ROW_KERNELS(f16_warp), ROW_KERNELS(bf16_warp),
+        ROW_KERNELS(f32_block), ROW_KERNELS(f16_block), ROW_KERNELS(bf16_block),
+        kernel("seesaw_prepare", seesaw_prepare), kernel("seesaw_count", seesaw_count),
+        PLANTED(planted_misaligned_vector), PLANTED(planted_partial_barrier),
+        PLANTED(planted_shared_read_race), PLANTED(planted_shared_write_race),
+        PLANTED(planted_unwritten_shared), PLANTED(planted_past_the_end),
+        PLANTED(planted_exchange_done_right)};
     return table;
 }
 
@@ -423,8 +639,10 @@ static int fail(char* error, size_t error_len, const std::string& message) {
     return 1;
 }
 
+// `traffic`, when not null, receives the bytes the launch read from each
+// argument ([n_args]) and then those it wrote ([n_args]).
 extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, const SeesawEmuArg* args,
-                              size_t n_args, char* error, size_t error_len) {
+                              size_t n_args, uint64_t* traffic, char* error, size_t error_len) {
     using namespace emu;
     const Kernel* k = nullptr;
     for (const Kernel& candidate : kernels())
@@ -459,7 +677,7 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
     for (size_t i = 0; i < n_args; ++i) {
         values[i] = args[i].value;
         if (args[i].buffer_bytes > 0 && args[i].value != 0) {
-            Guarded g = {(char*)(uintptr_t)args[i].value, (size_t)args[i].buffer_bytes, nullptr, 0, nullptr};
+            Guarded g = {(char*)(uintptr_t)args[i].value, (size_t)args[i].buffer_bytes, nullptr, 0, nullptr, (int)i};
             if (!guard(g, name, (int)i, slots)) {
                 release(false);
                 return fail(error, error_len, "mmap failed for a guarded copy");
@@ -501,7 +719,13 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
         if (!error_taken.test_and_set()) first_error = std::string(name) + ": " + e;
         failed.store(true);
     };
-    auto worker = [&]() {
+    std::vector<std::vector<uint64_t>> counted;  // per worker: reads, then writes, per argument
+    const unsigned n_threads = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
+    counted.assign(n_threads, std::vector<uint64_t>(2 * n_args, 0));
+    auto worker = [&](unsigned id) {
+        launch_buffers = &buffers;
+        bytes_read = counted[id].data();
+        bytes_written = counted[id].data() + n_args;
         // Running out of memory (a block's fiber stacks are large) is an
         // error of the launch, as on a device, not an exception that would
         // end the process from a worker thread.
@@ -520,16 +744,21 @@ extern "C" int seesaw_emulate(const char* name, unsigned grid, unsigned block, c
             report("out of host memory for the emulated threads");
         }
         current = nullptr;
+        launch_buffers = nullptr;
     };
-    const unsigned n_threads = std::max(1u, std::min(grid, std::thread::hardware_concurrency()));
     std::vector<std::thread> threads;
     try {
-        for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+        for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(worker, t);
     } catch (const std::exception&) {
         report("could not start the emulator's worker threads");
     }
-    worker();
+    worker(0);
     for (auto& t : threads) t.join();
+    if (traffic)
+        for (size_t i = 0; i < 2 * n_args; ++i) {
+            traffic[i] = 0;
+            for (const auto& c : counted) traffic[i] += c[i];
+        }
 
     release(true);
     if (failed.load()) return fail(error, error_len, first_error);

@@ -17,8 +17,17 @@
 #ifndef SEESAW_PARAMS_H
 #define SEESAW_PARAMS_H
 
-// Rows per thread block of the row kernels: one warp per row.
+// Warps per thread block of the row kernels (256 threads): a warp per row in
+// the warp layout, the whole block per row in the block layout.
 #define SEESAW_WARPS_PER_BLOCK 8
+// Logits each thread of a row kernel holds in registers: a row of up to
+// 32 x 40 = 1280 logits fits a warp, of up to 256 x 40 = 10240 a block, and
+// is read from global memory once. A wider row is read once per pass.
+#define SEESAW_HELD_PER_THREAD 40
+// Blocks of a row kernel that one SM keeps resident, which the grid is sized
+// for (the blocks then loop over the rows): 2 x 256 threads at no more than
+// 128 registers each (scripts/sass-report.sh checks the budget).
+#define SEESAW_BLOCKS_PER_SM 2
 // Threads per block of the count kernel.
 #define SEESAW_COUNT_BLOCK 256
 // Threads of the prepare kernel's one block.
@@ -31,6 +40,9 @@
 #define SEESAW_STATE_POSITIVE 1
 #define SEESAW_STATE_TICKET 2
 #define SEESAW_STATE_LEN 4
+// Floats the loss pass keeps per row for the gradient pass: a base (the
+// row's maximum logit) and lse, lse' relative to it.
+#define SEESAW_ROW_STATS 3
 // The error record ([SEESAW_ERROR_LEN] int64, one per loss, kept across
 // calls): the first bad batch's first problem, written once (the flag last)
 // and cleared by the host when it reports it.
@@ -48,6 +60,11 @@
 // "Shifts instead of an online maximum"): far above f32's smallest normal,
 // far below any real sum.
 #define SEESAW_UNDERFLOW 1e-30f
+// The same for the sum of a row held in registers, whose terms are products
+// that flush to 0 below f32's smallest normal (~1.2e-38): at or above this
+// floor the flushed terms change the sum by less than 1e-13 of it; below
+// it the row is computed again by the exact path.
+#define SEESAW_HELD_UNDERFLOW 1e-20f
 
 struct SeesawParams {
     // Rows of the call, and elements from one row of logits to the next

@@ -89,12 +89,12 @@ pub fn seesaw_ce_loss(
     // form skips (it counts nothing): a good batch whose rows are all
     // positive.
     let state = fused.then(|| fused::good_batch_state(rows, device)).transpose()?;
+    let params = SeesawParams::new(&config, &cls_score.size(), reduction, avg_factor);
     let log_counts = if fused {
-        log_counts.to_kind(tch::Kind::Float)
+        fused::class_table(log_counts.f_to_kind(tch::Kind::Float)?, params.p)?
     } else {
         log_counts
     };
-    let params = SeesawParams::new(&config, &cls_score.size(), reduction, avg_factor);
     let call = Call::new(&config, params, cls_score, labels, weights, log_counts, state);
     let parts = if fused {
         fused::forward(&call)?

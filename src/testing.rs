@@ -99,6 +99,38 @@ pub fn libtorch_ops() -> OpCounts {
     counts
 }
 
+/// The bytes one emulated kernel launch moved in global memory, per kernel
+/// argument (in the kernel's parameter order; 0 for arguments that are not
+/// buffers). Every access counts: a byte read twice counts twice, as the
+/// emulator has no cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelTraffic {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Blocks of the launch.
+    pub grid: u32,
+    /// Bytes read from each argument.
+    pub read: Vec<u64>,
+    /// Bytes written to each argument.
+    pub written: Vec<u64>,
+}
+
+static TRAFFIC: std::sync::Mutex<Vec<KernelTraffic>> = std::sync::Mutex::new(Vec::new());
+
+/// The traffic of the emulated launches since the last call (of every
+/// thread: a test that reads it runs alone in its process).
+///
+/// ```
+/// assert!(seesaw_loss::testing::take_kernel_traffic().iter().all(|t| !t.kernel.is_empty()));
+/// ```
+pub fn take_kernel_traffic() -> Vec<KernelTraffic> {
+    std::mem::take(&mut *TRAFFIC.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub(crate) fn record_traffic(traffic: KernelTraffic) {
+    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner()).push(traffic);
+}
+
 /// Whether later launches fill their outputs with NaN first (default off).
 ///
 /// ```

@@ -4,7 +4,7 @@
 //! feature the host emulator). Compilation and the module cache are
 //! `compile.rs` and `device.rs`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
@@ -13,7 +13,9 @@ use super::{as_contiguous, LossRows, Upstream};
 use crate::call::Call;
 use crate::config::Reduction;
 use crate::deferred::ErrorRecord;
-use crate::params::{SeesawParams, COUNT_BLOCK, PREPARE_THREADS, STATE_LEN, WARPS_PER_BLOCK};
+use crate::params::{
+    SeesawParams, BLOCKS_PER_SM, COUNT_BLOCK, HELD_PER_THREAD, PREPARE_THREADS, ROW_STATS, STATE_LEN, WARPS_PER_BLOCK,
+};
 use crate::probe;
 
 pub use super::compile::{
@@ -28,15 +30,89 @@ enum Pass {
     ForwardBackward,
 }
 
-/// Row kernels by pass (rows) and logits' kind (columns: f32, f16, bf16),
-/// as `SEESAW_KERNELS` in the source stamps them.
-const ROW_KERNELS: [[&str; 3]; 3] = [
-    ["seesaw_forward_f32", "seesaw_forward_f16", "seesaw_forward_bf16"],
-    ["seesaw_backward_f32", "seesaw_backward_f16", "seesaw_backward_bf16"],
+/// How the row kernels spread rows over threads (`SEESAW_KERNELS`' LAYOUT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// A warp per row, [`WARPS_PER_BLOCK`] rows per block.
+    Warp,
+    /// A block of `32 * WARPS_PER_BLOCK` threads per row.
+    Block,
+}
+
+/// Threads per block of the row kernels, in either layout.
+const ROW_BLOCK_THREADS: u32 = 32 * WARPS_PER_BLOCK;
+
+impl Layout {
+    fn threads_per_row(self) -> i64 {
+        match self {
+            Layout::Warp => 32,
+            Layout::Block => ROW_BLOCK_THREADS as i64,
+        }
+    }
+
+    fn rows_per_block(self) -> i64 {
+        match self {
+            Layout::Warp => WARPS_PER_BLOCK as i64,
+            Layout::Block => 1,
+        }
+    }
+
+    /// The widest class row the layout holds in registers.
+    pub(crate) fn held_classes(self) -> i64 {
+        self.threads_per_row() * HELD_PER_THREAD as i64
+    }
+
+    /// The layout for `rows` rows of `classes` classes on a device that keeps
+    /// `resident_blocks` row-kernel blocks resident: a warp per row when the
+    /// rows fit a warp's registers and are enough to give every resident
+    /// block a warp per row; else the block per row (few rows keep every
+    /// thread busy, and a wide row fits the block's registers, or is read
+    /// once per pass past that).
+    pub(crate) fn for_shape(rows: i64, classes: i64, resident_blocks: u32) -> Layout {
+        if classes <= Layout::Warp.held_classes() && rows >= resident_blocks as i64 * WARPS_PER_BLOCK as i64 {
+            Layout::Warp
+        } else {
+            Layout::Block
+        }
+    }
+}
+
+/// Row kernels by layout, pass and logits' kind (f32, f16, bf16), as
+/// `SEESAW_KERNELS` in the source stamps them.
+const ROW_KERNELS: [[[&str; 3]; 3]; 2] = [
     [
-        "seesaw_forward_backward_f32",
-        "seesaw_forward_backward_f16",
-        "seesaw_forward_backward_bf16",
+        [
+            "seesaw_forward_f32_warp",
+            "seesaw_forward_f16_warp",
+            "seesaw_forward_bf16_warp",
+        ],
+        [
+            "seesaw_backward_f32_warp",
+            "seesaw_backward_f16_warp",
+            "seesaw_backward_bf16_warp",
+        ],
+        [
+            "seesaw_forward_backward_f32_warp",
+            "seesaw_forward_backward_f16_warp",
+            "seesaw_forward_backward_bf16_warp",
+        ],
+    ],
+    [
+        [
+            "seesaw_forward_f32_block",
+            "seesaw_forward_f16_block",
+            "seesaw_forward_bf16_block",
+        ],
+        [
+            "seesaw_backward_f32_block",
+            "seesaw_backward_f16_block",
+            "seesaw_backward_bf16_block",
+        ],
+        [
+            "seesaw_forward_backward_f32_block",
+            "seesaw_forward_backward_f16_block",
+            "seesaw_forward_backward_bf16_block",
+        ],
     ],
 ];
 const PREPARE_KERNEL: &str = "seesaw_prepare";
@@ -44,19 +120,27 @@ const COUNT_KERNEL: &str = "seesaw_count";
 
 /// Every kernel of the module.
 pub(crate) fn kernel_names() -> impl Iterator<Item = &'static str> {
-    ROW_KERNELS.into_iter().flatten().chain([PREPARE_KERNEL, COUNT_KERNEL])
+    ROW_KERNELS
+        .into_iter()
+        .flatten()
+        .flatten()
+        .chain([PREPARE_KERNEL, COUNT_KERNEL])
 }
 
-/// The row kernel of `pass` for logits of `kind`.
-fn row_kernel(pass: Pass, kind: Kind) -> Result<&'static str> {
+/// The row kernel of `pass` in `layout` for logits of `kind`.
+fn row_kernel(layout: Layout, pass: Pass, kind: Kind) -> Result<&'static str> {
     let column = match kind {
         Kind::Float => 0,
         Kind::Half => 1,
         Kind::BFloat16 => 2,
         other => bail!("the fused kernels take f32, f16 or bf16, got {other:?}"),
     };
-    Ok(ROW_KERNELS[pass as usize][column])
+    Ok(ROW_KERNELS[layout as usize][pass as usize][column])
 }
+
+/// Multiprocessors the host emulator stands for: the grids it runs are
+/// sized as for a device with this many.
+const EMULATED_MULTIPROCESSORS: u32 = 4;
 
 /// Why the CUDA kernels cannot run on device `ordinal`, or `None` when they
 /// can (compiled and loaded at the first ask, then remembered).
@@ -113,6 +197,16 @@ enum Executor {
 }
 
 impl Executor {
+    /// Row-kernel blocks the device keeps resident at once.
+    fn resident_blocks(&self) -> u32 {
+        let multiprocessors = match self {
+            Executor::Driver { kernels, .. } => kernels.multiprocessors,
+            #[cfg(feature = "testing")]
+            Executor::Emulator => EMULATED_MULTIPROCESSORS,
+        };
+        multiprocessors * BLOCKS_PER_SM
+    }
+
     /// The executor for tensors on `device`, the kernels compiled and loaded.
     fn of(device: Device) -> Result<Executor> {
         match device {
@@ -169,9 +263,10 @@ impl Executor {
 }
 
 /// `seesaw_prepare`: one block checks the batch, counts it into `counts`
-/// (int64, on the labels' device) when it is good, and writes the `[C]` f32
-/// log-count table and the `[STATE_LEN]` int64 call state it returns; a bad
-/// batch's first problem goes to `record`. One launch, no host read.
+/// (int64, on the labels' device) when it is good, and writes the `[2, C]`
+/// f32 class table (`log(max(n, 1))`, then `n^p`) and the `[STATE_LEN]`
+/// int64 call state it returns; a bad batch's first problem goes to
+/// `record`. One launch, no host read.
 pub(crate) fn prepare_call(
     params: &SeesawParams,
     labels: &Tensor,
@@ -183,7 +278,7 @@ pub(crate) fn prepare_call(
     let executor = Executor::of(device)?;
     let labels = as_contiguous(labels, Kind::Int64)?;
     let weights = weights.map(|w| as_contiguous(w, Kind::Float)).transpose()?;
-    let log_counts = Tensor::f_empty([params.classes as i64], (Kind::Float, device))?;
+    let log_counts = Tensor::f_empty([2, params.classes as i64], (Kind::Float, device))?;
     let state = Tensor::f_empty([STATE_LEN as i64], (Kind::Int64, device))?;
     poison([&log_counts]);
     let params = SeesawParams {
@@ -243,6 +338,7 @@ struct Launch {
     /// The call's parameters, with `rows` and `row_stride` of `scores`.
     params: SeesawParams,
     width: i64,
+    layout: Layout,
 }
 
 impl Launch {
@@ -265,8 +361,12 @@ impl Launch {
             .state
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the kernels need the call state of seesaw_prepare"))?;
+        ensure!(
+            call.log_counts.size() == [2, call.params.classes as i64],
+            "the kernels take a [2, C] class table, got {:?}",
+            call.log_counts.size()
+        );
         Ok(Launch {
-            executor,
             scores,
             labels: as_contiguous(&call.labels, Kind::Int64)?,
             weights: call
@@ -276,6 +376,8 @@ impl Launch {
                 .transpose()?,
             log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
             state: state.shallow_clone(),
+            layout: Layout::for_shape(n, params.classes as i64, executor.resident_blocks()),
+            executor,
             params,
             width,
         })
@@ -289,17 +391,20 @@ impl Launch {
         self.scores.device()
     }
 
-    fn blocks(&self) -> Result<u32> {
-        u32::try_from((self.n() as u64).div_ceil(WARPS_PER_BLOCK as u64)).context("too many rows for one launch")
+    /// The row kernels' grid: the blocks the rows need, at most those the
+    /// device keeps resident (the blocks then loop over the rows).
+    fn blocks(&self) -> u32 {
+        let needed = (self.n() as u64).div_ceil(self.layout.rows_per_block() as u64);
+        needed.clamp(1, self.executor.resident_blocks() as u64) as u32
     }
 
-    /// Launches `pass` over every row (one warp per row) with the parameter
-    /// block and then `args`; nothing for zero rows.
+    /// Launches `pass` over every row with the parameter block and then
+    /// `args`; nothing for zero rows.
     fn rows(&self, pass: Pass, args: &[Arg]) -> Result<()> {
         if self.n() == 0 {
             return Ok(());
         }
-        let kernel = row_kernel(pass, self.scores.kind())?;
+        let kernel = row_kernel(self.layout, pass, self.scores.kind())?;
         let args: Vec<Arg> = [Arg::Params(self.params)]
             .into_iter()
             .chain(args.iter().copied())
@@ -307,10 +412,7 @@ impl Launch {
         // SAFETY: the argument lists below follow the kernels' signatures,
         // and every buffer is a tensor of this call with the shape the
         // kernels' contract names (kernels/seesaw.cu).
-        unsafe {
-            self.executor
-                .launch(kernel, self.blocks()?, 32 * WARPS_PER_BLOCK, &args)
-        }
+        unsafe { self.executor.launch(kernel, self.blocks(), ROW_BLOCK_THREADS, &args) }
     }
 
     /// The outputs of a loss pass: per-row values, the blocks' partial sums
@@ -329,7 +431,7 @@ impl Launch {
             }
         };
         let outputs = LossOutputs {
-            partials: Tensor::f_empty([2 * self.blocks()? as i64], (Kind::Float, device))?,
+            partials: Tensor::f_empty([2 * self.blocks() as i64], (Kind::Float, device))?,
             classes: reduced.then(scalar).transpose()?,
             objectness: (reduced && detection).then(scalar).transpose()?,
             rows,
@@ -400,12 +502,12 @@ fn poison<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
 }
 
 /// The loss pass over every row: the parts, reduced as the call asks, and
-/// the `[N, 2]` row stats.
+/// the `[N, ROW_STATS]` row stats.
 pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let l = Launch::of(call)?;
     let out = l.loss_outputs()?;
-    let stats = Tensor::f_empty([l.n(), 2], (Kind::Float, l.device()))?;
+    let stats = Tensor::f_empty([l.n(), ROW_STATS as i64], (Kind::Float, l.device()))?;
     poison([&stats]);
     let args: Vec<Arg> = [
         Arg::of(&l.scores),
@@ -443,8 +545,12 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let l = Launch::of(call)?;
     let grad = l.grad()?;
     let stats = as_contiguous(stats, Kind::Float)?;
-    if stats.size() != [l.n(), 2] {
-        bail!("saved row stats have shape {:?}, expected [{}, 2]", stats.size(), l.n());
+    if stats.size() != [l.n(), ROW_STATS as i64] {
+        bail!(
+            "saved row stats have shape {:?}, expected [{}, {ROW_STATS}]",
+            stats.size(),
+            l.n()
+        );
     }
     let up = upstream.on(l.device())?;
     let multiplier = |t: &Option<Tensor>| match t {

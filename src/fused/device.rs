@@ -20,6 +20,9 @@ use super::compile::{self, ImageFormat};
 pub(crate) struct DeviceKernels {
     pub(crate) context: Arc<CudaContext>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// The device's streaming multiprocessors, which size the row kernels'
+    /// grids.
+    pub(crate) multiprocessors: u32,
 }
 
 // SAFETY: cudarc's handles are plain driver handles used from any thread;
@@ -110,6 +113,10 @@ fn load(ordinal: usize) -> Result<Arc<DeviceKernels>> {
     let _restore = ContextGuard::save()?;
     let context = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
     let (major, minor) = context.compute_capability()?;
+    let multiprocessors = context
+        .attribute(driver_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .context("reading the device's multiprocessor count")?
+        .max(1) as u32;
     let image = compile::compile_or_explain((major * 10 + minor) as u32, compile::cache_dir().as_deref())?;
     let module = match image.format {
         ImageFormat::Cubin => context.load_module(Ptx::from_binary(image.bytes)),
@@ -123,7 +130,11 @@ fn load(ordinal: usize) -> Result<Arc<DeviceKernels>> {
         let f = module.load_function(name).with_context(|| format!("kernel {name}"))?;
         functions.insert(name, f);
     }
-    Ok(Arc::new(DeviceKernels { context, functions }))
+    Ok(Arc::new(DeviceKernels {
+        context,
+        functions,
+        multiprocessors,
+    }))
 }
 
 extern "C" {

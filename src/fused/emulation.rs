@@ -3,9 +3,12 @@
 //! CUDA path's host code (`cuda.rs`: argument lists, launch shapes, the count
 //! kernel, poisoning) and run the kernels of `kernels/seesaw.cu` in the host
 //! emulator of `kernels/emulator.cpp`, instead of the CPU mirror. The
-//! emulator also checks what a GPU would not report: argument lists that do
-//! not match a kernel's parameters, warp intrinsics some lanes miss, and
-//! accesses past the end of a buffer.
+//! emulator also checks what a GPU would not report, or would fault on:
+//! argument lists that do not match a kernel's parameters, misaligned
+//! accesses, accesses outside every buffer, warp intrinsics some lanes miss,
+//! barriers some threads miss and races on shared memory; and it counts the
+//! bytes each launch reads and writes in each buffer
+//! ([`crate::testing::take_kernel_traffic`]).
 
 use std::ffi::{c_char, c_int, CString};
 
@@ -31,6 +34,7 @@ extern "C" {
         block: u32,
         args: *const EmuArg,
         n_args: usize,
+        traffic: *mut u64,
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
@@ -57,11 +61,12 @@ pub(crate) fn launch(kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Resul
     let name = CString::new(kernel)?;
     let args: Vec<EmuArg> = args.iter().map(EmuArg::from).collect();
     let mut error = vec![0u8; 1024];
+    let mut traffic = vec![0u64; 2 * args.len()];
     // SAFETY: the emulator reads `args.len()` arguments (a wide one from
     // its `bytes`, which point into `args`, alive for the call), copies each buffer
     // argument's `buffer_bytes` from its address (live CPU tensors, per
-    // `Executor::launch`'s contract) and writes at most `error.len()` bytes,
-    // NUL-terminated, into `error`.
+    // `Executor::launch`'s contract), writes `2 * args.len()` counts into
+    // `traffic` and at most `error.len()` bytes, NUL-terminated, into `error`.
     let status = unsafe {
         seesaw_emulate(
             name.as_ptr(),
@@ -69,6 +74,7 @@ pub(crate) fn launch(kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Resul
             block,
             args.as_ptr(),
             args.len(),
+            traffic.as_mut_ptr(),
             error.as_mut_ptr().cast(),
             error.len(),
         )
@@ -77,6 +83,13 @@ pub(crate) fn launch(kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Resul
         let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
         bail!("kernel emulation: {}", String::from_utf8_lossy(&error[..end]));
     }
+    let written = traffic.split_off(args.len());
+    crate::testing::record_traffic(crate::testing::KernelTraffic {
+        kernel: kernel.to_string(),
+        grid,
+        read: traffic,
+        written,
+    });
     Ok(())
 }
 
@@ -102,6 +115,58 @@ mod tests {
         let counts = Tensor::zeros([3], (Kind::Int64, tch::Device::Cpu));
         launch("seesaw_count", 1, 64, &count_args(&labels, &counts)).unwrap();
         assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), [1, 3, 1]);
+    }
+
+    fn planted(kernel: &str, args: &[Arg]) -> Result<()> {
+        launch(kernel, 1, 64, args)
+    }
+
+    fn expect_fault(kernel: &str, args: &[Arg], expected: &str) {
+        let err = planted(kernel, args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{kernel}: {err}");
+    }
+
+    /// Each fault the emulator must catch, planted in a kernel of its own
+    /// (kernels/emulator.cpp), fails its launch with a message naming it;
+    /// the same exchange done right passes.
+    #[test]
+    fn planted_faults_are_caught() {
+        let buffer = Tensor::zeros([64], (Kind::Float, tch::Device::Cpu));
+        let arg = [Arg::of(&buffer)];
+        expect_fault(
+            "planted_misaligned_vector",
+            &arg,
+            "thread 0 of block 0 makes a misaligned 16-byte load (address % 16 = 4)",
+        );
+        expect_fault(
+            "planted_partial_barrier",
+            &arg,
+            "__syncthreads is not reached by every thread of block 0",
+        );
+        expect_fault(
+            "planted_shared_read_race",
+            &arg,
+            "thread 2 of block 0 reads shared cell (word 0), which thread 1 wrote after the last __syncthreads",
+        );
+        expect_fault(
+            "planted_shared_write_race",
+            &arg,
+            "thread 2 of block 0 writes shared cell (word 0), which thread 1 read after the last __syncthreads",
+        );
+        expect_fault(
+            "planted_unwritten_shared",
+            &arg,
+            "reads shared never (word 5) before any thread of the block wrote it",
+        );
+        expect_fault(
+            "planted_past_the_end",
+            &[Arg::of(&buffer), Arg::I64(64)],
+            "makes a 4-byte store outside every buffer argument",
+        );
+        assert_eq!(Vec::<f32>::try_from(&buffer).unwrap(), vec![0.0; 64]);
+        planted("planted_exchange_done_right", &arg).unwrap();
+        let expected: Vec<f32> = (0..64).map(|t| ((t + 1) % 64) as f32).collect();
+        assert_eq!(Vec::<f32>::try_from(&buffer).unwrap(), expected);
     }
 
     #[test]

@@ -195,6 +195,20 @@ pub(crate) fn prepare(
     }
 }
 
+/// The class table of a call that counts nothing (the functional form), from
+/// its `[C]` f32 `log(max(n, 1))`: the same for the CPU mirror, and for the
+/// kernels the `[2, C]` table `seesaw_prepare` writes (kernels/seesaw.cu,
+/// "the class table"): `log_counts`, then `exp(p * log_counts)` in f32.
+pub(crate) fn class_table(log_counts: Tensor, p: f32) -> Result<Tensor> {
+    match rows_on(log_counts.device())? {
+        RowsOn::Mirror => Ok(log_counts),
+        RowsOn::Kernel => {
+            let powers = log_counts.f_mul_scalar(p as f64)?.f_exp()?;
+            Ok(Tensor::f_stack(&[log_counts, powers], 0)?)
+        }
+    }
+}
+
 /// The call state of a batch checked elsewhere, whose `positive` rows are
 /// all its rows (a classification head's).
 pub(crate) fn good_batch_state(positive: i64, device: Device) -> Result<Tensor> {
