@@ -24,7 +24,7 @@ use std::time::Instant;
 mod common;
 
 use anyhow::{Context, Result};
-use common::SHAPES;
+use common::{GPU_SHAPES, SHAPES};
 use cudarc::driver::{sys::CUevent_flags, CudaContext, CudaStream};
 use seesaw_loss::{Backend, Checks, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
@@ -140,7 +140,7 @@ fn benchmark(device: Device, timer: &Timer) -> Result<()> {
         "{:<12} {:>6} {:>5} {:<26} {:>10} {:>9} {:>9} {:>8}",
         "shape", "N", "dtype", "method", "median ms", "GB/s", "% floor", "vs ref"
     );
-    for shape in SHAPES {
+    for shape in SHAPES.iter().chain(GPU_SHAPES) {
         for (kind, kind_name, elem) in [(Kind::Float, "f32", 4.0), (Kind::BFloat16, "bf16", 2.0)] {
             let inputs = shape.inputs(ROTATE, kind, device);
             let floor_bytes = 2.0 * (shape.rows * shape.width()) as f64 * elem;

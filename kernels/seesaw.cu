@@ -67,6 +67,13 @@ struct alignas(16) Vec16 {
 #define FULL_MASK 0xffffffffu
 #define LOG2E 1.4426950408889634f
 #define BLOCK_THREADS (32 * SEESAW_WARPS_PER_BLOCK)
+// 0 compiles the held way's rare branches (compensated logits, a label whose
+// n^p is past f32's range) to nothing but their test, so that
+// scripts/sass-report.sh can count the main path's instructions per logit.
+// Everything that runs takes 1.
+#ifndef SEESAW_RARE_PATHS
+#define SEESAW_RARE_PATHS 1
+#endif
 
 // ---- memory access, conversions, fast exp2 / log2 --------------------------------
 //
@@ -577,10 +584,10 @@ __device__ __forceinline__ bool held_row(const SeesawParams& k, const T* __restr
         float a;
         if (x > e_threshold) {  // compensated: z_j above the threshold, a few per row
             const float mitigation = fminf(0.0f, p2 * (ld(log_n + j) - log_n_y));
-            a = fast_exp2(fast_log2(x) * (1.0f + k.q) + compensated_bias + mitigation);
+            a = SEESAW_RARE_PATHS ? fast_exp2(fast_log2(x) * (1.0f + k.q) + compensated_bias + mitigation) : 0.0f;
         } else {
-            const float r = by_table ? fminf(1.0f, ld(pow_n + j) * inv_pow_n_y)
-                                     : fast_exp2(fminf(0.0f, p2 * (ld(log_n + j) - log_n_y)));
+            const float r = by_table || !SEESAW_RARE_PATHS ? fminf(1.0f, ld(pow_n + j) * inv_pow_n_y)
+                                                          : fast_exp2(fminf(0.0f, p2 * (ld(log_n + j) - log_n_y)));
             a = x * r * to_shift;
         }
         x = a;
@@ -844,25 +851,27 @@ struct LossOut {
 };
 
 // Copies one half of the class table to shared memory when the rows fit the
-// held way (uniform across the block); returns where the rows read it.
+// held way (uniform across the block); returns whether it did. The rows then
+// read the shared copy through a pointer the compiler knows to be shared
+// (LDS, not a generic load).
 template <typename T, int THREADS>
-__device__ __forceinline__ const float* stage_table(const SeesawParams& k, const float* __restrict__ half,
-                                                    float* shared) {
-    if (k.classes > table_room<T, THREADS>()) return half;
+__device__ __forceinline__ bool stage_table(const SeesawParams& k, const float* __restrict__ half, float* shared) {
+    if (k.classes > table_room<T, THREADS>()) return false;
     for (int j = threadIdx.x; j < k.classes; j += blockDim.x) st(shared + j, ld(half + j));
     __syncthreads();
-    return shared;
+    return true;
 }
 
 // The loss pass of one class row (and, with `g`, its gradient pass times
-// `scale_grad`): the held way when the row fits, else the exact way.
+// `scale_grad`): the held way when the row fits (`held`: the class table's
+// powers are in `pow_n`), else the exact way.
 template <typename T, int THREADS, int ITEMS>
 __device__ __forceinline__ float class_row(const SeesawParams& k, const T* __restrict__ z, int label,
-                                           const float* __restrict__ log_n, const float* pow_n, T* __restrict__ g,
-                                           float scale_grad, RowStats& stats) {
+                                           const float* __restrict__ log_n, bool held, const float* pow_n,
+                                           T* __restrict__ g, float scale_grad, RowStats& stats) {
     const int C = k.classes;
     float loss;
-    if (pow_n && held_row<T, THREADS, ITEMS>(k, z, C, label, log_n, pow_n, g, scale_grad, loss, stats)) return loss;
+    if (held && held_row<T, THREADS, ITEMS>(k, z, C, label, log_n, pow_n, g, scale_grad, loss, stats)) return loss;
     loss = exact_forward<T, THREADS>(k, z, C, label, log_n, stats);
     if (g) class_grad<T, THREADS>(k, z, C, label, log_n, stats, scale_grad, g);
     return loss;
@@ -920,8 +929,7 @@ __device__ __forceinline__ void seesaw_loss_block(const SeesawParams& k, const T
                                                   const LossOut& out, Upstream up) {
     SEESAW_SHARED(float, pow_n_shared, THREADS * SEESAW_HELD_PER_THREAD);
     const int C = k.classes;
-    const float* pow_n = stage_table<T, THREADS>(k, table + C, pow_n_shared);
-    if (C > table_room<T, THREADS>()) pow_n = (const float*)0;  // the exact way for every row
+    const bool held = stage_table<T, THREADS>(k, table + C, pow_n_shared);  // else the exact way for every row
     const bool bad = warp_ld(state + SEESAW_STATE_BAD) != 0;
     const float div_class = divisor(k, state, true), div_obj = divisor(k, state, false);
     const int rank = rank_in_row<THREADS>();
@@ -940,7 +948,8 @@ __device__ __forceinline__ void seesaw_loss_block(const SeesawParams& k, const T
             const float g_cls = upstream(up, up.cls, up.cls_stride, r.index) / div_class;
             const float g_obj = upstream(up, up.obj, up.obj_stride, r.index) / div_obj;
             if (r.label < C) {
-                v_class = scale * class_row<T, THREADS, ITEMS>(k, z, r.label, table, pow_n, g, scale * g_cls, stats);
+                v_class = scale * class_row<T, THREADS, ITEMS>(k, z, r.label, table, held, pow_n_shared, g,
+                                                               scale * g_cls, stats);
             } else if (g) {
                 zero_row<T, THREADS>(g, C);
             }
@@ -979,7 +988,7 @@ __device__ __forceinline__ void seesaw_grad_block(const SeesawParams& k, const T
                                                   Upstream up) {
     SEESAW_SHARED(float, log_n_shared, THREADS * SEESAW_HELD_PER_THREAD);
     const int C = k.classes;
-    const float* log_n = stage_table<T, THREADS>(k, table, log_n_shared);
+    const bool staged = stage_table<T, THREADS>(k, table, log_n_shared);
     const bool bad = warp_ld(state + SEESAW_STATE_BAD) != 0;
     const float div_class = divisor(k, state, true), div_obj = divisor(k, state, false);
     const int rank = rank_in_row<THREADS>();
@@ -1000,7 +1009,10 @@ __device__ __forceinline__ void seesaw_grad_block(const SeesawParams& k, const T
         if (r.label < C) {
             const float* row_stats = stats_in + SEESAW_ROW_STATS * r.index;
             RowStats stats = {warp_ld(row_stats), warp_ld(row_stats + 1), warp_ld(row_stats + 2)};
-            class_grad<T, THREADS>(k, z, C, r.label, log_n, stats, scale * g_cls, g);
+            if (staged)
+                class_grad<T, THREADS>(k, z, C, r.label, log_n_shared, stats, scale * g_cls, g);
+            else
+                class_grad<T, THREADS>(k, z, C, r.label, table, stats, scale * g_cls, g);
         } else {
             zero_row<T, THREADS>(g, C);
         }

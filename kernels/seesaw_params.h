@@ -23,7 +23,11 @@
 // Logits each thread of a row kernel holds in registers: a row of up to
 // 32 x 40 = 1280 logits fits a warp, of up to 256 x 40 = 10240 a block, and
 // is read from global memory once. A wider row is read once per pass.
+// (scripts/sass-report.sh compiles a second value to measure the cost per
+// logit; everything else takes this one.)
+#ifndef SEESAW_HELD_PER_THREAD
 #define SEESAW_HELD_PER_THREAD 40
+#endif
 // Blocks of a row kernel that one SM keeps resident, which the grid is sized
 // for (the blocks then loop over the rows): 2 x 256 threads at no more than
 // 128 registers each (scripts/sass-report.sh checks the budget).

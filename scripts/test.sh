@@ -15,6 +15,9 @@ cargo fmt --check
 cargo clippy --all-targets --features testing --quiet -- -D warnings
 cargo clippy --lib --quiet -- -D warnings
 cargo test --features testing "$@"
+# The kernels as compiled for sm_90 (no GPU needed): no spills, registers
+# within the occupancy budget, 16-byte loads in every row kernel.
+bash scripts/sass-report.sh --check
 # The documentation as docs.rs builds it: no libtorch (feature doc-only, the
 # DOCS_RS variable set), rustdoc warnings as errors.
 (

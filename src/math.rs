@@ -1,9 +1,11 @@
 //! The row algorithm of the fused paths, written once for the CPU mirror,
-//! which runs it as is. The CUDA kernel (`kernels/seesaw.cu`) computes the
-//! same quantities with the same shifts and underflow bound; it differs in
-//! how a row is traversed (32 lanes, an online maximum for `lse`, two
-//! exponentials per logit in its loss pass where the mirror may use one),
-//! so the two agree to f32 rounding, not bit for bit.
+//! which runs it as is. The CUDA kernels (`kernels/seesaw.cu`) compute the
+//! same quantities with the same shifts; they differ in how a row is
+//! traversed (a warp or a block of threads, the row held in registers) and in
+//! their exponentials (one `exp2` per logit, with an `n^p` table for the
+//! mitigation, where the mirror uses `exp` and a table relative to the
+//! largest count), so the two agree to f32 rounding, not bit for bit. The
+//! kernels' own mapping of this math is in `docs/kernels.md`.
 //!
 //! # Derivation
 //!
@@ -58,7 +60,9 @@
 //! `exp(z'_j - shift)` with `shift = lse + that bound` can therefore never
 //! overflow; it could only underflow if every term were below f32's range
 //! (mitigation exponents far beyond the defaults), and then the row is summed
-//! again against its exact maximum. The kernel does the same per warp.
+//! again against its exact maximum. The kernels' exact way does the same per
+//! row; their held way, which works with products instead, hands a row whose
+//! sum falls below `SEESAW_HELD_UNDERFLOW` to the exact way.
 //!
 //! # The CPU loss pass with one exponential per logit
 //!

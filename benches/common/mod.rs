@@ -36,6 +36,15 @@ pub const SHAPES: &[Shape] = &[
     shape("large-vocab", false, 32000, 4096),
 ];
 
+/// Shapes only the GPU program measures: the row kernels' other layouts. A
+/// wide head with few rows (a block per row, each row read once per pass past
+/// the registers' 10240 classes) and 8192 classes (a block per row, held in
+/// registers).
+pub const GPU_SHAPES: &[Shape] = &[
+    shape("wide-head", false, 100_000, 64),
+    shape("vocab-8k", false, 8192, 2048),
+];
+
 /// The LVIS shape the GPU targets are set at: C = 1203, N = 8192.
 pub fn lvis_8192() -> &'static Shape {
     SHAPES

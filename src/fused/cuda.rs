@@ -140,6 +140,7 @@ fn row_kernel(layout: Layout, pass: Pass, kind: Kind) -> Result<&'static str> {
 
 /// Multiprocessors the host emulator stands for: the grids it runs are
 /// sized as for a device with this many.
+#[cfg(feature = "testing")]
 const EMULATED_MULTIPROCESSORS: u32 = 4;
 
 /// Why the CUDA kernels cannot run on device `ordinal`, or `None` when they
