@@ -664,6 +664,9 @@ __device__ __forceinline__ float objectness_row(float fg, float bg, bool backgro
 // labels     [N] int64
 // weights    [N] f32 or null
 // counts     [n_counters] int64, the loss's cumulative counts
+// histogram  [n_counters] int64 zeros, or null: where seesaw_prepare counts a
+//            good batch (the step's histogram, summed over ranks before it
+//            reaches the counts) instead of `counts`
 // table      [2, C] f32, the class table (above), written by seesaw_prepare
 // state      [SEESAW_STATE_LEN] int64, written by seesaw_prepare
 // error      [SEESAW_ERROR_LEN] int64, the loss's error record
@@ -710,7 +713,7 @@ __device__ __forceinline__ float divisor(const SeesawParams& k, const i64* __res
 
 extern "C" __global__ void __launch_bounds__(SEESAW_PREPARE_THREADS)
     seesaw_prepare(SeesawParams k, const i64* __restrict__ labels, const float* __restrict__ weights,
-                   u64* __restrict__ counts, i64 n_counters, float* __restrict__ table,
+                   u64* __restrict__ counts, i64 n_counters, u64* __restrict__ histogram, float* __restrict__ table,
                    i64* __restrict__ state, i64* __restrict__ error) {
     const i64 NONE = 0x7fffffffffffffffll;
     SEESAW_SHARED(long long, first_bad_row, 1);
@@ -751,7 +754,8 @@ extern "C" __global__ void __launch_bounds__(SEESAW_PREPARE_THREADS)
         for (i64 i = t; i < rounded; i += blockDim.x) {
             const i64 label = i < k.rows ? ld(labels + i) : -1;
             const unsigned same = __match_any_sync(FULL_MASK, label);
-            if (label >= 0 && (t & 31) == __ffs(same) - 1) atomicAdd(counts + label, (u64)__popc(same));
+            if (label >= 0 && (t & 31) == __ffs(same) - 1)
+                atomicAdd((histogram ? histogram : counts) + label, (u64)__popc(same));
         }
     }
     __syncthreads();

@@ -16,7 +16,7 @@ rm -rf gpu-pack && mkdir -p gpu-pack
 # Built with the test aids (feature testing): the GPU tests use them, and the
 # GPU benchmark prints the launch and host-read counters.
 {
-    cargo test --release --features testing --no-run --test gpu --test kernel_source --test autograd --message-format=json
+    cargo test --release --features testing,nccl --no-run --test gpu --test kernel_source --test autograd --message-format=json
     cargo bench --features testing --no-run --bench gpu --bench seesaw --message-format=json
     cargo build --release --example long_tail --message-format=json
 } 2>/dev/null |

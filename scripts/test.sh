@@ -12,9 +12,10 @@ cargo fmt --check
 # The tests run with the test aids (feature testing): the kernel emulator, so
 # the CUDA path's kernels and host code are checked on machines without a
 # GPU, and the counters of launches, host reads and libtorch operations.
-cargo clippy --all-targets --features testing --quiet -- -D warnings
+# The NCCL count hook (feature nccl) builds and is tested too.
+cargo clippy --all-targets --features testing,nccl --quiet -- -D warnings
 cargo clippy --lib --quiet -- -D warnings
-cargo test --features testing "$@"
+cargo test --features testing,nccl "$@"
 # The kernels as compiled for sm_90 (no GPU needed): no spills, registers
 # within the occupancy budget, 16-byte loads in every row kernel.
 bash scripts/sass-report.sh --check

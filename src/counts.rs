@@ -96,6 +96,31 @@ impl Counts {
         Ok(())
     }
 
+    /// The histogram of `labels` (checked) over the counters, int64 on the
+    /// counts' device.
+    pub(crate) fn histogram(&self, labels: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mut histogram = Tensor::f_zeros([self.len], (Kind::Int64, self.var.device()))?;
+        if labels.numel() > 0 {
+            let ones = Tensor::f_ones([labels.numel() as i64], (Kind::Int64, labels.device()))?;
+            let _ = histogram.f_index_add_(0, labels, &ones)?;
+        }
+        Ok(histogram)
+    }
+
+    /// Adds `sign` times `histogram` (int64, one entry per counter) to the
+    /// counts.
+    pub(crate) fn add_histogram(&self, histogram: &Tensor, sign: i64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut var = self.var.shallow_clone();
+        if sign >= 0 {
+            let _ = var.f_add_(histogram)?;
+        } else {
+            let _ = var.f_sub_(histogram)?;
+        }
+        Ok(())
+    }
+
     /// `log(max(n_j, 1))` for the first `num_classes` counters, in `kind`.
     pub(crate) fn log_counts(&self, num_classes: i64, kind: Kind) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();

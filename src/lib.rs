@@ -42,6 +42,7 @@
 mod autograd;
 mod call;
 mod config;
+mod count_sync;
 mod counts;
 mod deferred;
 mod error;
@@ -50,6 +51,8 @@ mod fused;
 mod inputs;
 mod loss;
 mod math;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod normed_linear;
 mod params;
 mod probe;
@@ -60,10 +63,13 @@ pub mod testing;
 pub mod link;
 
 pub use config::{Backend, Checks, Head, Reduction, SeesawConfig};
+pub use count_sync::CountSync;
 pub use error::{Error, Result};
 pub use functional::seesaw_ce_loss;
 pub use fused::cuda;
 pub use loss::{ComputePath, PathChoice, SeesawAccuracy, SeesawLoss, SeesawOutput};
+#[cfg(feature = "nccl")]
+pub use nccl::{NcclCountSync, NcclUniqueId};
 pub use normed_linear::{NormedLinear, NormedLinearConfig};
 
 /// The README's Rust example compiles and runs as a doctest.

@@ -65,6 +65,33 @@ pub(crate) fn preload_nvrtc() -> Option<std::path::PathBuf> {
 /// from the folder libnvrtc came from makes that lookup succeed without
 /// `LD_LIBRARY_PATH`. Call after libnvrtc is loaded; does nothing when it is
 /// not mapped or has no builtins beside it.
+/// The PyTorch wheel's NCCL (`site-packages/nvidia/nccl/lib/libnccl.so.2`
+/// beside the loaded libtorch), opened by full path: the wheel has no
+/// unversioned `libnccl.so`. Returns the `dlopen` handle.
+#[cfg(feature = "nccl")]
+pub(crate) fn open_nccl() -> Result<*mut std::ffi::c_void> {
+    let torch_lib = mapped_dir(|name| name == "libtorch_cpu.so")
+        .ok_or_else(|| Error::Internal("could not find the folder of the loaded libtorch (libtorch_cpu.so)".into()))?;
+    let path = torch_lib
+        .parent()
+        .and_then(|torch| torch.parent())
+        .map(|site_packages| {
+            site_packages
+                .join("nvidia")
+                .join("nccl")
+                .join("lib")
+                .join("libnccl.so.2")
+        })
+        .filter(|path| path.exists())
+        .ok_or_else(|| {
+            Error::KernelUnavailable(format!(
+                "no NCCL beside libtorch ({}/../../nvidia/nccl/lib/libnccl.so.2)",
+                torch_lib.display()
+            ))
+        })?;
+    dlopen_global(&path)
+}
+
 pub(crate) fn preload_nvrtc_builtins() -> Result<()> {
     let Some(dir) = mapped_dir(|name| name.starts_with("libnvrtc.so")) else {
         return Ok(());
@@ -83,7 +110,7 @@ pub(crate) fn preload_nvrtc_builtins() -> Result<()> {
 
 /// dlopen with RTLD_GLOBAL; the handle is kept for the life of the process on
 /// purpose (what it registers must stay).
-fn dlopen_global(path: &std::path::Path) -> Result<()> {
+fn dlopen_global(path: &std::path::Path) -> Result<*mut std::ffi::c_void> {
     let c_path = CString::new(path.to_string_lossy().as_bytes())
         .map_err(|_| Error::Internal(format!("{} holds a NUL byte", path.display())))?;
     // SAFETY: dlopen with a valid C string.
@@ -100,7 +127,7 @@ fn dlopen_global(path: &std::path::Path) -> Result<()> {
         };
         return Err(Error::Internal(format!("loading {}: {why}", path.display())));
     }
-    Ok(())
+    Ok(handle)
 }
 
 /// The folder of the first library mapped into this process whose file name

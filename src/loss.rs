@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::call::{Call, Parts};
 use crate::config::{Backend, Checks, Head, Reduction, SeesawConfig};
+use crate::count_sync::CountSync;
 use crate::counts::Counts;
 use crate::deferred::{BadBatch, ErrorRecord};
 use crate::error::{Error, Result};
@@ -16,8 +17,10 @@ use crate::{fused, inputs, reference};
 ///
 /// One [`forward`](SeesawLoss::forward) call, in order:
 /// checks every input (an error changes nothing), adds the batch's labels to
-/// the counts, then computes the class loss over positive rows and, for the
-/// detection head, the objectness loss over all rows.
+/// the counts (summed over all ranks first when a [`CountSync`] is set, see
+/// [`set_count_sync`](SeesawLoss::set_count_sync)), then computes the class
+/// loss over positive rows and, for the detection head, the objectness loss
+/// over all rows.
 ///
 /// ```
 /// use seesaw_loss::{SeesawConfig, SeesawLoss};
@@ -39,6 +42,8 @@ pub struct SeesawLoss {
     fused: fused::LossState,
     /// A bad batch the CPU mirror found under deferred checks.
     pending: Option<BadBatch>,
+    /// Sums each step's label histogram over the ranks (data parallelism).
+    sync: Option<Box<dyn CountSync>>,
 }
 
 /// The loss of one call.
@@ -148,7 +153,47 @@ impl SeesawLoss {
             counts,
             fused: Default::default(),
             pending: None,
+            sync: None,
         })
+    }
+
+    /// Makes the counts global across data-parallel ranks (`Some`), or local
+    /// to this process again (`None`, the default). With a hook, every call
+    /// sums its batch's label histogram over all ranks (the hook's
+    /// collective) before adding it to the counts: every rank then holds the
+    /// counts of every rank's labels, as one process fed the whole batches
+    /// would (the module documentation of [`CountSync`] compares this with
+    /// local counts and with DDP's rank-0 broadcast). Every rank must make
+    /// the same calls in step. A rank whose call fails before the collective
+    /// (a bad batch, a bad input) still joins it, contributing nothing, and
+    /// adds the other ranks' labels to its counts: every rank's counts stay
+    /// the same, as if that shard were absent. A call that fails after the
+    /// collective (out of memory, say) takes the summed histogram back out of
+    /// this rank's counts, so that rank's counts then differ from the
+    /// others' by that step.
+    ///
+    /// ```
+    /// use seesaw_loss::{CountSync, Result, SeesawConfig, SeesawLoss};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// /// A world of one rank.
+    /// struct Alone;
+    /// impl CountSync for Alone {
+    ///     fn sum_over_ranks(&mut self, _histogram: &mut Tensor) -> Result<()> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::classification(3))?;
+    /// loss.set_count_sync(Some(Box::new(Alone)));
+    /// let scores = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    /// loss.forward(&scores, &Tensor::from_slice(&[0i64, 2]), None, None)?;
+    /// assert_eq!(Vec::<i64>::try_from(loss.cum_samples()?)?, [1, 0, 1]);
+    /// # Ok::<(), seesaw_loss::Error>(())
+    /// ```
+    pub fn set_count_sync(&mut self, sync: Option<Box<dyn CountSync>>) {
+        self.sync = sync;
     }
 
     /// The configuration the loss was built with.
@@ -319,7 +364,8 @@ impl SeesawLoss {
     /// One call in the order of the type's documentation: checks (an error
     /// changes nothing), the count update, then `compute` with the call and
     /// whether it takes the fused path; an error of `compute` takes the batch
-    /// back out of the counts.
+    /// back out of the counts. With a count hook, a call that fails before
+    /// the collective joins it with an empty histogram.
     fn run<T>(
         &mut self,
         cls_score: &Tensor,
@@ -327,6 +373,51 @@ impl SeesawLoss {
         label_weights: Option<&Tensor>,
         avg_factor: Option<f64>,
         reduction: Reduction,
+        compute: impl FnOnce(&Call, bool) -> Result<T>,
+    ) -> Result<T> {
+        let mut joined = false;
+        let outcome = self.run_once(
+            cls_score,
+            labels,
+            label_weights,
+            avg_factor,
+            reduction,
+            &mut joined,
+            compute,
+        );
+        if outcome.is_err() && !joined {
+            if let Some(sync) = self.sync.as_mut() {
+                // The other ranks' labels still reach this rank's counts, so
+                // that every rank keeps the same counts. The call's error is
+                // what the caller needs: a failure here would only hide it.
+                if let Ok(others) = join_with_nothing(sync.as_mut(), self.counts.raw()) {
+                    let _ = self.counts.add_histogram(&others, 1);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Sums `histogram` over the ranks (noting that this call joined the
+    /// collective) and adds it to the counts.
+    fn count_globally(&mut self, histogram: &mut Tensor, joined: &mut bool) -> Result<()> {
+        if let Some(sync) = self.sync.as_mut() {
+            *joined = true;
+            sync.sum_over_ranks(histogram)?;
+            self.counts.add_histogram(histogram, 1)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_once<T>(
+        &mut self,
+        cls_score: &Tensor,
+        labels: &Tensor,
+        label_weights: Option<&Tensor>,
+        avg_factor: Option<f64>,
+        reduction: Reduction,
+        joined: &mut bool,
         compute: impl FnOnce(&Call, bool) -> Result<T>,
     ) -> Result<T> {
         let config = &self.config;
@@ -368,16 +459,45 @@ impl SeesawLoss {
         self.counts.normalize()?;
         let params = SeesawParams::new(config, &cls_score.size(), reduction, avg_factor);
         if !use_fused {
-            // From here on the inputs are known good: the counts take the batch.
-            self.counts.add(&labels, 1)?;
+            // From here on the inputs are known good: the counts take the
+            // batch (summed over the ranks with a hook).
+            let mut histogram = None;
+            if self.sync.is_some() {
+                let mut h = self.counts.histogram(&labels)?;
+                self.count_globally(&mut h, joined)?;
+                histogram = Some(h);
+            } else {
+                self.counts.add(&labels, 1)?;
+            }
+            let config = &self.config;
             let log_counts = self.counts.log_counts(config.num_classes(), compute_kind)?;
             let call = Call::new(config, params, cls_score, labels, weights, log_counts, None);
-            return compute(&call, false).map_err(|e| undone(e, self.counts.add(&call.labels, -1)));
+            return compute(&call, false).map_err(|e| {
+                let undo = match &histogram {
+                    Some(h) => self.counts.add_histogram(h, -1),
+                    None => self.counts.add(&call.labels, -1),
+                };
+                undone(e, undo)
+            });
         }
 
         // The fused paths check, count and prepare in one step; a bad batch
-        // changes nothing and is reported now or later as configured.
-        let prepared = fused::prepare(&params, &labels, weights.as_ref(), self.counts.raw(), &mut self.fused)?;
+        // changes nothing and is reported now or later as configured. With a
+        // hook they count into the step's histogram, which is summed over the
+        // ranks and then added to the counts, and the class table is made
+        // again from the counts (a prepare step over no rows).
+        let mut histogram = match self.sync {
+            Some(_) => Some(Tensor::f_zeros_like(self.counts.raw())?),
+            None => None,
+        };
+        let prepared = fused::prepare(
+            &params,
+            &labels,
+            weights.as_ref(),
+            self.counts.raw(),
+            histogram.as_ref(),
+            &mut self.fused,
+        )?;
         let counted = prepared.bad.is_none();
         if let Some(bad) = prepared.bad {
             match checks {
@@ -385,18 +505,31 @@ impl SeesawLoss {
                 Checks::Deferred => self.pending = Some(bad),
             }
         }
+        let mut log_counts = prepared.log_counts;
+        if let Some(h) = histogram.as_mut() {
+            self.count_globally(h, joined)?;
+            let no_rows = Tensor::f_empty([0], (Kind::Int64, device))?;
+            let table = fused::prepare(&params, &no_rows, None, self.counts.raw(), None, &mut self.fused);
+            log_counts = match table {
+                Ok(table) => table.log_counts,
+                Err(e) => return Err(undone(e.into(), self.counts.add_histogram(h, -1))),
+            };
+        }
+        let config = &self.config;
         let call = Call::new(
             config,
             params,
             cls_score,
             labels,
             weights,
-            prepared.log_counts,
+            log_counts,
             Some(prepared.state),
         );
         compute(&call, true).map_err(|e| {
             // The kernel's rollback skips a batch its prepare step found bad.
-            let undo = if runs_on_kernels {
+            let undo = if let Some(h) = &histogram {
+                self.counts.add_histogram(h, -1)
+            } else if runs_on_kernels {
                 fused::cuda::add_counts(self.counts.raw(), &call.labels, -1, call.state.as_ref()).map_err(Error::from)
             } else if counted {
                 self.counts.add(&call.labels, -1)
@@ -619,6 +752,14 @@ impl From<Parts> for SeesawOutput {
 
 /// The error of a call whose batch was taken back out of the counts by
 /// `undo`; when that failed too, the error says both.
+/// Joins the ranks' collective with an empty histogram (for a call that
+/// failed before it); returns the other ranks' sum.
+fn join_with_nothing(sync: &mut dyn CountSync, counts: &Tensor) -> Result<Tensor> {
+    let mut nothing = Tensor::f_zeros([counts.numel() as i64], (Kind::Int64, counts.device()))?;
+    sync.sum_over_ranks(&mut nothing)?;
+    Ok(nothing)
+}
+
 fn undone(e: Error, undo: Result<()>) -> Error {
     match undo {
         Ok(()) => e,

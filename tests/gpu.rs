@@ -251,3 +251,79 @@ fn a_whole_step_replays_from_a_cuda_graph() {
 fn the_kernels_agree_with_the_reference_at_the_edges_of_f32_on_the_gpu() {
     the_paths_agree_at_the_edges_of_f32_on(cuda());
 }
+
+/// Counts summed over NCCL ranks (feature `nccl`): with one rank the counts
+/// and losses are those of a loss without a hook; with two GPUs, two ranks
+/// (threads) over disjoint shards end with the counts of one loss fed both
+/// shards.
+#[cfg(feature = "nccl")]
+#[test]
+#[ignore = "needs a CUDA device (scripts/gpu-pack.sh's run.sh passes --include-ignored)"]
+fn nccl_ranks_count_globally() {
+    use seesaw_loss::{NcclCountSync, NcclUniqueId, Reduction};
+    let _ = cuda();
+    const CLASSES: i64 = 50;
+    let classes = CLASSES;
+    let batch = move |step: i64, rows: i64, dev: Device| {
+        tch::manual_seed(step);
+        (
+            Tensor::randn([rows, CLASSES + 2], (Kind::Float, Device::Cpu)).to_device(dev),
+            Tensor::randint(CLASSES + 1, [rows], (Kind::Int64, Device::Cpu)).to_device(dev),
+        )
+    };
+    // One rank against no hook.
+    let dev = Device::Cuda(0);
+    let vs = nn::VarStore::new(dev);
+    let mut plain = SeesawLoss::new(vs.root() / "plain", SeesawConfig::detection(classes)).unwrap();
+    let mut synced = SeesawLoss::new(vs.root() / "synced", SeesawConfig::detection(classes)).unwrap();
+    let id = NcclUniqueId::new().unwrap();
+    synced.set_count_sync(Some(Box::new(NcclCountSync::new(0, 1, &id, 0).unwrap())));
+    for step in 0..3 {
+        let (x, y) = batch(step, 256, dev);
+        let a = plain
+            .forward_with_reduction(&x, &y, None, None, Reduction::None)
+            .unwrap();
+        let b = synced
+            .forward_with_reduction(&x, &y, None, None, Reduction::None)
+            .unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(&a.classes).unwrap(),
+            Vec::<f32>::try_from(&b.classes).unwrap()
+        );
+    }
+    assert_eq!(
+        Vec::<i64>::try_from(plain.cum_samples().unwrap()).unwrap(),
+        Vec::<i64>::try_from(synced.cum_samples().unwrap()).unwrap()
+    );
+    if tch::Cuda::device_count() < 2 {
+        println!("one GPU: the two-rank case needs two");
+        return;
+    }
+    // Two ranks, one per GPU, against one loss fed both shards.
+    let id = NcclUniqueId::new().unwrap();
+    let ranks: Vec<_> = (0..2usize)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let dev = Device::Cuda(rank);
+                let vs = nn::VarStore::new(dev);
+                let mut loss = SeesawLoss::new(vs.root(), SeesawConfig::detection(classes)).unwrap();
+                loss.set_count_sync(Some(Box::new(NcclCountSync::new(rank, 2, &id, rank).unwrap())));
+                for step in 0..3 {
+                    let (x, y) = batch(step, 512, dev);
+                    let shard = |t: &Tensor| t.narrow(0, 256 * rank as i64, 256);
+                    let _ = loss.forward(&shard(&x), &shard(&y), None, None).unwrap();
+                }
+                Vec::<i64>::try_from(loss.cum_samples().unwrap()).unwrap()
+            })
+        })
+        .collect();
+    let mut whole = SeesawLoss::new(vs.root() / "whole", SeesawConfig::detection(classes)).unwrap();
+    for step in 0..3 {
+        let (x, y) = batch(step, 512, dev);
+        let _ = whole.forward(&x, &y, None, None).unwrap();
+    }
+    let expected = Vec::<i64>::try_from(whole.cum_samples().unwrap()).unwrap();
+    for rank in ranks {
+        assert_eq!(rank.join().unwrap(), expected);
+    }
+}

@@ -26,20 +26,24 @@ use crate::params::{SeesawParams, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// `seesaw_prepare` on the host: checks the labels, weights and counts;
-/// when all are good, adds the labels to `counts`. Returns the `[C]` f32
-/// log-count table, the `[STATE_LEN]` int64 call state and, for a bad batch
+/// when all are good, adds the labels to `counts` (or to `histogram`, int64
+/// zeros shaped like it, when given). Returns the `[C]` f32 log-count table
+/// of `counts`, the `[STATE_LEN]` int64 call state and, for a bad batch
 /// (nothing counted), its first problem.
 pub(crate) fn prepare(
     params: &SeesawParams,
     labels: &Tensor,
     weights: Option<&Tensor>,
     counts: &Tensor,
+    histogram: Option<&Tensor>,
     cache: &mut LogCountCache,
 ) -> Result<(Tensor, Tensor, Option<BadBatch>)> {
-    ensure!(
-        counts.kind() == Kind::Int64 && counts.is_contiguous() && counts.device() == Device::Cpu,
-        "cum_samples must be a contiguous int64 CPU tensor here"
-    );
+    for t in [Some(counts), histogram].into_iter().flatten() {
+        ensure!(
+            t.kind() == Kind::Int64 && t.is_contiguous() && t.device() == Device::Cpu && t.numel() == counts.numel(),
+            "cum_samples and the histogram must be contiguous int64 CPU tensors of one length here"
+        );
+    }
     let labels = as_contiguous(labels, Kind::Int64)?;
     let weights = weights.map(|w| as_contiguous(w, Kind::Float)).transpose()?;
     let n = labels.numel();
@@ -88,8 +92,13 @@ pub(crate) fn prepare(
         .filter(|&&l| (0..classes as i64).contains(&l))
         .count() as i64;
     if bad.is_none() {
+        // SAFETY: a contiguous int64 CPU tensor of the counts' length, checked above.
+        let target = match histogram {
+            Some(h) => unsafe { std::slice::from_raw_parts_mut(h.data_ptr() as *mut i64, h.numel()) },
+            None => &mut *count_values,
+        };
         for &label in label_values {
-            let counter = &mut count_values[label as usize];
+            let counter = &mut target[label as usize];
             *counter += 1; // cannot overflow: every counter is at most i64::MAX - n
         }
     }

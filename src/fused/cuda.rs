@@ -267,12 +267,14 @@ impl Executor {
 /// (int64, on the labels' device) when it is good, and writes the `[2, C]`
 /// f32 class table (`log(max(n, 1))`, then `n^p`) and the `[STATE_LEN]`
 /// int64 call state it returns; a bad batch's first problem goes to
-/// `record`. One launch, no host read.
+/// `record`. With `histogram` (int64 zeros shaped like `counts`), a good
+/// batch is counted there instead. One launch, no host read.
 pub(crate) fn prepare_call(
     params: &SeesawParams,
     labels: &Tensor,
     weights: Option<&Tensor>,
     counts: &Tensor,
+    histogram: Option<&Tensor>,
     record: &ErrorRecord,
 ) -> Result<(Tensor, Tensor)> {
     let device = labels.device();
@@ -292,6 +294,7 @@ pub(crate) fn prepare_call(
         Arg::of_optional(weights.as_ref()),
         Arg::of(counts),
         Arg::I64(counts.numel() as i64),
+        Arg::of_optional(histogram),
         Arg::of(&log_counts),
         Arg::of(&state),
         record.arg(),

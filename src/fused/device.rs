@@ -145,6 +145,15 @@ extern "C" {
 /// here): launches on it are ordered with the caller's libtorch work, on
 /// whatever stream the caller made current, and CUDA-graph capture sees them.
 pub(crate) fn current_stream(kernels: &DeviceKernels, ordinal: usize) -> Result<Arc<CudaStream>> {
+    let raw = current_raw_stream(ordinal)?;
+    // SAFETY: libtorch owns the stream and keeps it alive while it is
+    // current; the wrapper is used for this call's launches only.
+    Ok(unsafe { kernels.context.wrap_borrowed_stream(raw as driver_sys::CUstream) })
+}
+
+/// libtorch's current CUDA stream for device `ordinal`, as the raw
+/// `cudaStream_t` (which libtorch owns).
+pub(crate) fn current_raw_stream(ordinal: usize) -> Result<*mut c_void> {
     let mut raw: *mut c_void = std::ptr::null_mut();
     let mut err = vec![0 as std::ffi::c_char; crate::autograd::ERR_LEN];
     // SAFETY: an out-parameter and an error buffer of ERR_LEN bytes.
@@ -152,9 +161,7 @@ pub(crate) fn current_stream(kernels: &DeviceKernels, ordinal: usize) -> Result<
     if rc != 0 {
         anyhow::bail!("libtorch's current CUDA stream: {}", crate::autograd::message(&err));
     }
-    // SAFETY: libtorch owns the stream and keeps it alive while it is
-    // current; the wrapper is used for this call's launches only.
-    Ok(unsafe { kernels.context.wrap_borrowed_stream(raw as driver_sys::CUstream) })
+    Ok(raw)
 }
 
 /// Restores the calling thread's CUDA context when dropped: the crate binds

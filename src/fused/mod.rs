@@ -165,7 +165,8 @@ pub(crate) struct LossState {
 }
 
 /// The prepare step of a fused call: checks the batch, adds its labels to
-/// `counts` (int64) when it is good, and writes the log-count table and the
+/// `counts` (int64) when it is good (to `histogram`, zeros shaped like the
+/// counts, when given), and writes the log-count table of `counts` and the
 /// call state. One kernel launch on the kernel path (its problems go to the
 /// error record, made here at the first call), host code on the CPU mirror.
 pub(crate) fn prepare(
@@ -173,11 +174,13 @@ pub(crate) fn prepare(
     labels: &Tensor,
     weights: Option<&Tensor>,
     counts: &Tensor,
+    histogram: Option<&Tensor>,
     state: &mut LossState,
 ) -> Result<Prepared> {
     match rows_on(labels.device())? {
         RowsOn::Mirror => {
-            let (log_counts, state, bad) = cpu::prepare(params, labels, weights, counts, &mut state.log_counts)?;
+            let (log_counts, state, bad) =
+                cpu::prepare(params, labels, weights, counts, histogram, &mut state.log_counts)?;
             Ok(Prepared { log_counts, state, bad })
         }
         RowsOn::Kernel => {
@@ -185,7 +188,7 @@ pub(crate) fn prepare(
                 state.record = Some(ErrorRecord::new(labels.device())?);
             }
             let record = state.record.as_ref().expect("made above");
-            let (log_counts, state) = cuda::prepare_call(params, labels, weights, counts, record)?;
+            let (log_counts, state) = cuda::prepare_call(params, labels, weights, counts, histogram, record)?;
             Ok(Prepared {
                 log_counts,
                 state,
