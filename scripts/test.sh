@@ -19,12 +19,12 @@ cargo test --features testing,nccl "$@"
 # The kernels as compiled for sm_90 (no GPU needed): no spills, registers
 # within the occupancy budget, 16-byte loads in every row kernel.
 bash scripts/sass-report.sh --check
-# The documentation as docs.rs builds it: no libtorch (feature doc-only, the
-# DOCS_RS variable set), rustdoc warnings as errors.
+# The documentation as docs.rs builds it: its features (doc-only, nccl), no
+# libtorch, the DOCS_RS variable set, rustdoc warnings as errors.
 (
     unset LIBTORCH VIRTUAL_ENV LIBTORCH_USE_PYTORCH
     export DOCS_RS=1 RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}-docs"
-    cargo doc --no-deps --quiet --features doc-only
+    cargo doc --no-deps --quiet --features doc-only,nccl
 )
 smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
