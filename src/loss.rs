@@ -266,21 +266,21 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
         reduction: Reduction,
     ) -> Result<SeesawOutput> {
-        self.run(
+        let inputs = Inputs {
             cls_score,
             labels,
             label_weights,
             avg_factor,
             reduction,
-            |call, fused| {
-                let parts = if fused {
-                    fused::forward(call)?
-                } else {
-                    reference::forward(call)?
-                };
-                Ok(SeesawOutput::from(parts))
-            },
-        )
+        };
+        self.run(inputs, |call, fused| {
+            let parts = if fused {
+                fused::forward(call)?
+            } else {
+                reference::forward(call)?
+            };
+            Ok(SeesawOutput::from(parts))
+        })
     }
 
     /// The loss and its gradient in one go, without autograd: returns the
@@ -344,21 +344,21 @@ impl SeesawLoss {
         avg_factor: Option<f64>,
         reduction: Reduction,
     ) -> Result<(SeesawOutput, Tensor)> {
-        self.run(
+        let inputs = Inputs {
             cls_score,
             labels,
             label_weights,
             avg_factor,
             reduction,
-            |call, fused| {
-                let (parts, grad) = if fused {
-                    fused::forward_backward(call)?
-                } else {
-                    reference_forward_backward(call)?
-                };
-                Ok((SeesawOutput::from(parts), grad))
-            },
-        )
+        };
+        self.run(inputs, |call, fused| {
+            let (parts, grad) = if fused {
+                fused::forward_backward(call)?
+            } else {
+                reference_forward_backward(call)?
+            };
+            Ok((SeesawOutput::from(parts), grad))
+        })
     }
 
     /// One call in the order of the type's documentation: checks (an error
@@ -366,25 +366,9 @@ impl SeesawLoss {
     /// whether it takes the fused path; an error of `compute` takes the batch
     /// back out of the counts. With a count hook, a call that fails before
     /// the collective joins it with an empty histogram.
-    fn run<T>(
-        &mut self,
-        cls_score: &Tensor,
-        labels: &Tensor,
-        label_weights: Option<&Tensor>,
-        avg_factor: Option<f64>,
-        reduction: Reduction,
-        compute: impl FnOnce(&Call, bool) -> Result<T>,
-    ) -> Result<T> {
+    fn run<T>(&mut self, inputs: Inputs, compute: impl FnOnce(&Call, bool) -> Result<T>) -> Result<T> {
         let mut joined = false;
-        let outcome = self.run_once(
-            cls_score,
-            labels,
-            label_weights,
-            avg_factor,
-            reduction,
-            &mut joined,
-            compute,
-        );
+        let outcome = self.run_once(inputs, &mut joined, compute);
         if outcome.is_err() && !joined {
             if let Some(sync) = self.sync.as_mut() {
                 // The other ranks' labels still reach this rank's counts, so
@@ -409,17 +393,19 @@ impl SeesawLoss {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_once<T>(
         &mut self,
-        cls_score: &Tensor,
-        labels: &Tensor,
-        label_weights: Option<&Tensor>,
-        avg_factor: Option<f64>,
-        reduction: Reduction,
+        inputs: Inputs,
         joined: &mut bool,
         compute: impl FnOnce(&Call, bool) -> Result<T>,
     ) -> Result<T> {
+        let Inputs {
+            cls_score,
+            labels,
+            label_weights,
+            avg_factor,
+            reduction,
+        } = inputs;
         let config = &self.config;
         let rows = inputs::check_scores(config, cls_score)?;
         let device = cls_score.device();
@@ -752,6 +738,16 @@ impl From<Parts> for SeesawOutput {
 
 /// The error of a call whose batch was taken back out of the counts by
 /// `undo`; when that failed too, the error says both.
+/// What a forward call was given.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    cls_score: &'a Tensor,
+    labels: &'a Tensor,
+    label_weights: Option<&'a Tensor>,
+    avg_factor: Option<f64>,
+    reduction: Reduction,
+}
+
 /// Joins the ranks' collective with an empty histogram (for a call that
 /// failed before it); returns the other ranks' sum.
 fn join_with_nothing(sync: &mut dyn CountSync, counts: &Tensor) -> Result<Tensor> {
