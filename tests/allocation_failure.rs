@@ -10,11 +10,14 @@ use seesaw_loss::{Backend, Error, SeesawConfig, SeesawLoss};
 use tch::{nn, Device, Kind, Tensor};
 
 const CHILD: &str = "SEESAW_ALLOCATION_FAILURE_CASE";
-const CASES: [&str; 4] = [
+const CASES: [&str; 7] = [
     "reference-forward",
     "reference-forward-backward",
     "fused-forward-backward",
     "fused-backward",
+    "emulated-forward-backward",
+    "activation",
+    "accuracy",
 ];
 
 #[test]
@@ -116,6 +119,8 @@ fn child(case: &str) {
             loss.forward_backward(&scores, &labels, None, None).map(|_| ())
         }
         "activation" => loss.activation(&scores).map(|_| ()),
+        // The detection head's accuracy copies the positive rows' class logits.
+        "accuracy" => loss.accuracy(&scores, &labels).map(|_| ()),
         "fused-backward" => {
             // The node's forward keeps nothing N x C and fits; its backward
             // cannot allocate the gradient, and says so through f_backward.
