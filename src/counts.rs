@@ -22,7 +22,18 @@ pub(crate) struct Counts {
 impl Counts {
     pub(crate) fn new(path: &tch::nn::Path, len: i64) -> Result<Self> {
         let zeros = Tensor::f_zeros([len], (Kind::Int64, path.device()))?;
-        let var = path.add(VAR_NAME, zeros, false);
+        // tch has no fallible form of `Path::add` (it unwraps the store's
+        // lock and libtorch's result): a panic there stops here, as an error.
+        let var = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| path.add(VAR_NAME, zeros, false))).map_err(
+            |panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic in tch");
+                Error::Internal(format!("registering {VAR_NAME} in the VarStore failed: {why}"))
+            },
+        )?;
         Ok(Counts { var, len })
     }
 

@@ -47,11 +47,12 @@ impl Default for NormedLinearConfig {
 /// use tch::{nn, nn::Module, Device, Kind, Tensor};
 ///
 /// let vs = nn::VarStore::new(Device::Cpu);
-/// let head = NormedLinear::new(vs.root() / "cls", 16, 10 + 2, NormedLinearConfig::default());
+/// let head = NormedLinear::new(vs.root() / "cls", 16, 10 + 2, NormedLinearConfig::default())?;
 /// let logits = head.forward(&Tensor::randn([4, 16], (Kind::Float, Device::Cpu)));
 /// assert_eq!(logits.size(), [4, 12]);
 /// // Cosines times 20, plus a zero bias: within [-20, 20].
 /// assert!(logits.abs().max().double_value(&[]) <= 20.0 + 1e-4);
+/// # Ok::<(), seesaw_loss::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct NormedLinear {
@@ -64,12 +65,33 @@ pub struct NormedLinear {
 
 impl NormedLinear {
     /// A layer from `in_dim` features to `out_dim` logits, its variables
-    /// (`weight`, `bias`) under `path`.
-    pub fn new<'a, P: Borrow<nn::Path<'a>>>(path: P, in_dim: i64, out_dim: i64, config: NormedLinearConfig) -> Self {
+    /// (`weight`, `bias`) under `path`. Dimensions below 1 are a
+    /// configuration error; a failed allocation is an error too.
+    ///
+    /// ```
+    /// use seesaw_loss::{NormedLinear, NormedLinearConfig};
+    /// use tch::{nn, Device};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// assert!(NormedLinear::new(vs.root(), 0, 3, NormedLinearConfig::default()).is_err());
+    /// ```
+    pub fn new<'a, P: Borrow<nn::Path<'a>>>(
+        path: P,
+        in_dim: i64,
+        out_dim: i64,
+        config: NormedLinearConfig,
+    ) -> Result<Self> {
+        if in_dim < 1 || out_dim < 1 {
+            return Err(Error::Config(format!(
+                "NormedLinear needs at least one input and one output, got {in_dim} -> {out_dim}"
+            )));
+        }
         let path = path.borrow();
-        let weight = path.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: 0.01 });
-        let bias = config.bias.then(|| path.var("bias", &[out_dim], nn::Init::Const(0.0)));
-        NormedLinear { weight, bias, config }
+        let weight = path.f_var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: 0.01 })?;
+        let bias = match config.bias {
+            true => Some(path.f_var("bias", &[out_dim], nn::Init::Const(0.0))?),
+            false => None,
+        };
+        Ok(NormedLinear { weight, bias, config })
     }
 
     /// The settings the layer was made with.
@@ -84,8 +106,9 @@ impl NormedLinear {
     /// use seesaw_loss::{NormedLinear, NormedLinearConfig};
     /// use tch::{nn, Device, Kind, Tensor};
     /// let vs = nn::VarStore::new(Device::Cpu);
-    /// let head = NormedLinear::new(vs.root(), 8, 3, NormedLinearConfig::default());
+    /// let head = NormedLinear::new(vs.root(), 8, 3, NormedLinearConfig::default())?;
     /// assert!(head.f_forward(&Tensor::zeros([2, 5], (Kind::Float, Device::Cpu))).is_err());
+    /// # Ok::<(), seesaw_loss::Error>(())
     /// ```
     pub fn f_forward(&self, xs: &Tensor) -> Result<Tensor> {
         let in_dim = self.weight.size()[1];

@@ -8,7 +8,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 #[test]
 fn matches_a_hand_computation() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let head = NormedLinear::new(vs.root(), 2, 2, NormedLinearConfig::default());
+    let head = NormedLinear::new(vs.root(), 2, 2, NormedLinearConfig::default()).unwrap();
     tch::no_grad(|| {
         head.weight
             .shallow_clone()
@@ -48,7 +48,7 @@ fn gradients_match_finite_differences_in_f64() {
         power: 1.5,
         ..Default::default()
     };
-    let head = NormedLinear::new(vs.root(), 5, 4, config);
+    let head = NormedLinear::new(vs.root(), 5, 4, config).unwrap();
     vs.double();
     let x = Tensor::randn([3, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let r = Tensor::randn([3, 4], (Kind::Double, Device::Cpu));
@@ -86,7 +86,7 @@ fn gradients_match_finite_differences_in_f64() {
 #[test]
 fn a_wrong_width_is_a_shape_error() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let head = NormedLinear::new(vs.root(), 8, 3, NormedLinearConfig::default());
+    let head = NormedLinear::new(vs.root(), 8, 3, NormedLinearConfig::default()).unwrap();
     let err = head
         .f_forward(&Tensor::zeros([2, 5], (Kind::Float, Device::Cpu)))
         .unwrap_err();

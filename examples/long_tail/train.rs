@@ -66,19 +66,19 @@ impl Classifier {
     }
 }
 
-fn model(root: &nn::Path, hidden: i64, outputs: i64, classifier: Classifier) -> nn::Sequential {
+fn model(root: &nn::Path, hidden: i64, outputs: i64, classifier: Classifier) -> Result<nn::Sequential> {
     let body = nn::seq()
         .add(nn::linear(root / "fc1", DIM, hidden, Default::default()))
         .add_fn(|x| x.relu());
-    match classifier {
+    Ok(match classifier {
         Classifier::Linear => body.add(nn::linear(root / "fc2", hidden, outputs, Default::default())),
         Classifier::Normed => body.add(NormedLinear::new(
             root / "fc2",
             hidden,
             outputs,
             NormedLinearConfig::default(),
-        )),
-    }
+        )?),
+    })
 }
 
 fn progress_bar(steps: u64) -> ProgressBar {
@@ -114,7 +114,7 @@ impl Trainee {
             (true, LossKind::CrossEntropy) => (CLASSES + 1, SeesawConfig::detection(CLASSES)),
             (true, LossKind::Seesaw) => (CLASSES + 2, SeesawConfig::detection(CLASSES)),
         };
-        let net = model(&(vs.root() / "net"), schedule.hidden, outputs, schedule.classifier);
+        let net = model(&(vs.root() / "net"), schedule.hidden, outputs, schedule.classifier)?;
         let seesaw = SeesawLoss::new(vs.root() / "seesaw", config)?;
         let opt = nn::Sgd {
             momentum: MOMENTUM,
