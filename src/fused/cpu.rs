@@ -23,7 +23,11 @@ use crate::math::{class_forward, class_forward_powered, class_grad, objectness_r
 use crate::params::{SeesawParams, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
 /// The fewest logits a thread gets: below this, handing out work costs more.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+/// 8192 logits are about 3 us of a row pass, well above what waking
+/// libtorch's pool costs: at LVIS's 16-row step (19,280 logits) two threads
+/// take the step from 31.6 us to 25.7 us on a 2-core machine
+/// (benches/RESULTS.md); 32768 left that step on one thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 13;
 
 /// `seesaw_prepare` on the host: checks the labels, weights and counts;
 /// when all are good, adds the labels to `counts` (or to `histogram`, int64
