@@ -4,13 +4,16 @@
 //!
 //! NCCL is the PyTorch wheel's (`nvidia/nccl/lib/libnccl.so.2` beside the
 //! loaded libtorch), opened by full path, in downstream binaries too. The
-//! crate binds the five NCCL functions it calls itself rather than through
-//! cudarc's NCCL module: cudarc 0.19 looks only for names the wheel does not
-//! ship (`libnccl.so`, `libnccl.so.13`, ...), cannot be handed a library
-//! that is already open, and panics when it finds none.
+//! five NCCL functions the crate calls are declared with cudarc's NCCL types
+//! (`cudarc::nccl::sys`) but looked up in that library here, not through
+//! cudarc's loader: cudarc 0.19 looks only for names the wheel does not ship
+//! (`libnccl.so`, `libnccl.so.13`, ...), cannot be handed a library that is
+//! already open, and panics when it finds none.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::sync::OnceLock;
+
+use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
 
 use tch::{Device, Kind, Tensor};
 
@@ -19,25 +22,22 @@ use crate::error::{Error, Result};
 use crate::fused::device::{self, ContextGuard};
 
 /// `NCCL_UNIQUE_ID_BYTES`.
-const UNIQUE_ID_BYTES: usize = 128;
-/// `ncclInt64` and `ncclSum` of `nccl.h`.
-const NCCL_INT64: c_int = 4;
-const NCCL_SUM: c_int = 0;
+const UNIQUE_ID_BYTES: usize = std::mem::size_of::<ncclUniqueId>();
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawUniqueId {
-    internal: [c_char; UNIQUE_ID_BYTES],
-}
-
-type Comm = *mut c_void;
-
-// The signatures of nccl.h.
-type GetUniqueId = unsafe extern "C" fn(*mut RawUniqueId) -> c_int;
-type CommInitRank = unsafe extern "C" fn(*mut Comm, c_int, RawUniqueId, c_int) -> c_int;
-type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
-type CommDestroy = unsafe extern "C" fn(Comm) -> c_int;
-type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
+// The signatures of nccl.h, in cudarc's types.
+type GetUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> ncclResult_t;
+type CommInitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> ncclResult_t;
+type AllReduce = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    usize,
+    ncclDataType_t,
+    ncclRedOp_t,
+    ncclComm_t,
+    cudaStream_t,
+) -> ncclResult_t;
+type CommDestroy = unsafe extern "C" fn(ncclComm_t) -> ncclResult_t;
+type ErrorString = unsafe extern "C" fn(ncclResult_t) -> *const std::ffi::c_char;
 
 /// The NCCL functions the crate calls, from the wheel's library.
 struct Nccl {
@@ -84,13 +84,13 @@ fn load() -> Result<Nccl> {
     }
 }
 
-fn check(nccl: &Nccl, what: &str, result: c_int) -> Result<()> {
-    if result == 0 {
+fn check(nccl: &Nccl, what: &str, result: ncclResult_t) -> Result<()> {
+    if result == ncclResult_t::ncclSuccess {
         return Ok(());
     }
     // SAFETY: NCCL returns a static C string for any result code.
     let why = unsafe { CStr::from_ptr((nccl.error_string)(result)) }.to_string_lossy();
-    Err(Error::Internal(format!("{what}: NCCL error {result} ({why})")))
+    Err(Error::Internal(format!("{what}: NCCL error {result:?} ({why})")))
 }
 
 /// The id that the ranks of one NCCL communicator share: made on one rank
@@ -112,7 +112,7 @@ impl NcclUniqueId {
     /// A new id (`ncclGetUniqueId`), on the rank that starts the group.
     pub fn new() -> Result<NcclUniqueId> {
         let nccl = nccl()?;
-        let mut raw = RawUniqueId {
+        let mut raw = ncclUniqueId {
             internal: [0; UNIQUE_ID_BYTES],
         };
         // SAFETY: an out-parameter of the right size.
@@ -148,7 +148,7 @@ impl NcclUniqueId {
 /// ```
 pub struct NcclCountSync {
     nccl: &'static Nccl,
-    comm: Comm,
+    comm: ncclComm_t,
     /// Whether this value made the communicator (and destroys it).
     owned: bool,
 }
@@ -170,10 +170,10 @@ impl NcclCountSync {
         let kernels = device::kernels(device).map_err(Error::KernelUnavailable)?;
         let _restore = ContextGuard::save()?;
         kernels.context.bind_to_thread().map_err(anyhow::Error::from)?;
-        let raw = RawUniqueId {
-            internal: id.0.map(|b| b as c_char),
+        let raw = ncclUniqueId {
+            internal: id.0.map(|b| b as std::ffi::c_char),
         };
-        let mut comm: Comm = std::ptr::null_mut();
+        let mut comm: ncclComm_t = std::ptr::null_mut();
         // SAFETY: an out-parameter; the device's context is current.
         check(nccl, "ncclCommInitRank", unsafe {
             (nccl.comm_init_rank)(&mut comm, world as c_int, raw, rank as c_int)
@@ -194,7 +194,7 @@ impl NcclCountSync {
     pub unsafe fn from_raw_communicator(comm: *mut c_void) -> Result<NcclCountSync> {
         Ok(NcclCountSync {
             nccl: nccl()?,
-            comm,
+            comm: comm.cast(),
             owned: false,
         })
     }
@@ -217,7 +217,15 @@ impl CountSync for NcclCountSync {
         // CUDA tensor, queued on libtorch's current stream (ordered after
         // the kernels that wrote it and before those that read it).
         check(self.nccl, "ncclAllReduce", unsafe {
-            (self.nccl.all_reduce)(data, data, histogram.numel(), NCCL_INT64, NCCL_SUM, self.comm, stream)
+            (self.nccl.all_reduce)(
+                data,
+                data,
+                histogram.numel(),
+                ncclDataType_t::ncclInt64,
+                ncclRedOp_t::ncclSum,
+                self.comm,
+                stream.cast(),
+            )
         })
     }
 }
