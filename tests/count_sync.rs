@@ -27,6 +27,11 @@ fn a_bad_shard_counts_as_absent_on_the_cpu_mirror() {
     a_bad_shard_counts_as_absent(Backend::Fused);
 }
 
+#[test]
+fn a_deferred_bad_shard_counts_as_absent_on_the_cpu_mirror() {
+    a_deferred_bad_shard_counts_as_absent(Backend::Fused);
+}
+
 /// What the hook path costs by itself (a hook that does nothing: the
 /// histogram, adding it, the class table made again), per forward call on
 /// the CPU mirror and the reference path; printed for RESULTS.md (no timed

@@ -15,4 +15,5 @@ fn ranks_match_one_loss_on_the_emulated_kernels() {
     seesaw_loss::testing::emulate_kernels();
     ranks_match_one_loss_fed_the_whole_batches(Backend::Fused);
     a_bad_shard_counts_as_absent(Backend::Fused);
+    a_deferred_bad_shard_counts_as_absent(Backend::Fused);
 }

@@ -101,10 +101,8 @@ pub fn rows_of(batch: &(Vec<f32>, Vec<i64>), first: i64, rows: i64) -> (Tensor, 
     )
 }
 
-pub fn config(backend: Backend) -> SeesawConfig {
-    SeesawConfig::classification(CLASSES)
-        .backend(backend)
-        .checks(Checks::Immediate)
+pub fn config(backend: Backend, checks: Checks) -> SeesawConfig {
+    SeesawConfig::classification(CLASSES).backend(backend).checks(checks)
 }
 
 /// What one rank ended with: its per-row losses per step (None for a failed
@@ -117,7 +115,7 @@ pub struct RankRun {
 
 /// Runs the ranks as threads over STEPS steps; `bad` = (step, rank) gives
 /// that rank's shard a label out of range at that step.
-pub fn run_ranks(backend: Backend, bad: Option<(i64, usize)>) -> Vec<RankRun> {
+pub fn run_ranks(backend: Backend, checks: Checks, bad: Option<(i64, usize)>) -> Vec<RankRun> {
     let batches: Vec<_> = (0..STEPS).map(batch).collect();
     let batches = Arc::new(batches);
     let handles: Vec<_> = thread_sums(WORLD)
@@ -127,7 +125,7 @@ pub fn run_ranks(backend: Backend, bad: Option<(i64, usize)>) -> Vec<RankRun> {
             let batches = batches.clone();
             std::thread::spawn(move || {
                 let vs = nn::VarStore::new(Device::Cpu);
-                let mut loss = SeesawLoss::new(vs.root(), config(backend)).unwrap();
+                let mut loss = SeesawLoss::new(vs.root(), config(backend, checks)).unwrap();
                 loss.set_count_sync(Some(Box::new(sync)));
                 let mut rows = Vec::new();
                 let start = Instant::now();
@@ -152,17 +150,17 @@ pub fn run_ranks(backend: Backend, bad: Option<(i64, usize)>) -> Vec<RankRun> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-/// One loss fed the whole batches, without rank `bad.1`'s shard at step
-/// `bad.0`: its per-row losses per step (over the rows it was fed) and its
-/// counts, and the time its steps took.
-pub fn run_single(backend: Backend, bad: Option<(i64, usize)>) -> (Vec<Vec<f32>>, Vec<i64>, Duration) {
+/// One loss fed the whole batches, without the shards `absent` lists as
+/// (step, rank): its per-row losses per step (over the rows it was fed) and
+/// its counts, and the time its steps took.
+pub fn run_single(backend: Backend, absent: &[(i64, usize)]) -> (Vec<Vec<f32>>, Vec<i64>, Duration) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut loss = SeesawLoss::new(vs.root(), config(backend)).unwrap();
+    let mut loss = SeesawLoss::new(vs.root(), config(backend, Checks::Immediate)).unwrap();
     let mut steps = Vec::new();
     let start = Instant::now();
     for step in 0..STEPS {
         let batch = batch(step);
-        let ranks: Vec<usize> = (0..WORLD).filter(|&r| bad != Some((step, r))).collect();
+        let ranks: Vec<usize> = (0..WORLD).filter(|&r| !absent.contains(&(step, r))).collect();
         let shards: Vec<(Tensor, Tensor)> = ranks
             .iter()
             .map(|&r| rows_of(&batch, r as i64 * SHARD, SHARD))
@@ -195,8 +193,8 @@ fn assert_close(a: &[f32], b: &[f32], what: &str) {
 /// Every rank's counts equal (exactly) those of one loss fed the whole
 /// batches, and each rank's per-row losses that loss's rows for its shard.
 pub fn ranks_match_one_loss_fed_the_whole_batches(backend: Backend) {
-    let ranks = run_ranks(backend, None);
-    let (single, counts, single_time) = run_single(backend, None);
+    let ranks = run_ranks(backend, Checks::Immediate, None);
+    let (single, counts, single_time) = run_single(backend, &[]);
     for (rank, run) in ranks.iter().enumerate() {
         assert_eq!(run.counts, counts, "rank {rank}'s counts");
         for (step, rows) in run.rows.iter().enumerate() {
@@ -218,16 +216,34 @@ pub fn ranks_match_one_loss_fed_the_whole_batches(backend: Backend) {
     );
 }
 
-/// A bad shard on one rank: that rank's call fails, no rank waits forever,
-/// and the global counts are as if that shard were absent.
+/// A bad shard on one rank under immediate checks: that rank's call fails,
+/// no rank waits forever, and every rank's counts are as if that shard were
+/// absent.
 pub fn a_bad_shard_counts_as_absent(backend: Backend) {
     let bad = (1, 1usize);
-    let ranks = run_ranks(backend, Some(bad));
-    let (_, counts, _) = run_single(backend, Some(bad));
+    let ranks = run_ranks(backend, Checks::Immediate, Some(bad));
+    let (_, counts, _) = run_single(backend, &[bad]);
     for (rank, run) in ranks.iter().enumerate() {
         assert_eq!(run.counts, counts, "{backend:?}: rank {rank}'s counts");
         for (step, rows) in run.rows.iter().enumerate() {
             let failed = (step as i64, rank) == bad;
+            assert_eq!(rows.is_none(), failed, "{backend:?}: rank {rank} step {step}");
+        }
+    }
+}
+
+/// The same under deferred checks: the bad call returns (NaN losses) and
+/// counts nothing of its own; the error comes from that rank's next call,
+/// which then fails too and joins with nothing. Every rank's counts are as
+/// if both of that rank's shards were absent.
+pub fn a_deferred_bad_shard_counts_as_absent(backend: Backend) {
+    let bad = (1, 1usize);
+    let ranks = run_ranks(backend, Checks::Deferred, Some(bad));
+    let (_, counts, _) = run_single(backend, &[bad, (bad.0 + 1, bad.1)]);
+    for (rank, run) in ranks.iter().enumerate() {
+        assert_eq!(run.counts, counts, "{backend:?}: rank {rank}'s counts");
+        for (step, rows) in run.rows.iter().enumerate() {
+            let failed = (step as i64, rank) == (bad.0 + 1, bad.1);
             assert_eq!(rows.is_none(), failed, "{backend:?}: rank {rank} step {step}");
         }
     }
@@ -248,7 +264,7 @@ impl CountSync for Alone {
 pub fn hook_overhead(backend: Backend, rows: i64, steps: usize) -> (f64, f64) {
     let time = |hook: bool| {
         let vs = nn::VarStore::new(Device::Cpu);
-        let mut loss = SeesawLoss::new(vs.root(), config(backend)).unwrap();
+        let mut loss = SeesawLoss::new(vs.root(), config(backend, Checks::Immediate)).unwrap();
         if hook {
             loss.set_count_sync(Some(Box::new(Alone)));
         }
