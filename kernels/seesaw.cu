@@ -651,7 +651,7 @@ __device__ __forceinline__ float objectness_row(float fg, float bg, bool backgro
 // ---- one call's kernels ---------------------------------------------------------
 //
 // A call launches seesaw_prepare, then the row kernels: seesaw_forward (the
-// loss pass, keeping lse and lse' per row for the autograd node's backward)
+// loss pass, keeping RowStats per row for the autograd node's backward)
 // and seesaw_backward (the gradient pass times the upstream gradient), or
 // seesaw_forward_backward (both in one read of the row). Everything O(N + C)
 // of the call is in them: no other launch and no host read is needed.

@@ -25,7 +25,9 @@ pub(crate) struct Call {
     pub labels: Tensor,
     /// `[N]` in the compute kind, detached.
     pub weights: Option<Tensor>,
-    /// `[C]` `log(max(n, 1))` in the compute kind (f32 on the fused paths).
+    /// The class table: `[C]` `log(max(n, 1))` in the compute kind (f32 on
+    /// the CPU mirror), or on the kernels `[2, C]` f32 with `n^p` after it
+    /// (kernels/seesaw.cu, "the class table").
     pub log_counts: Tensor,
     /// The fused paths' call state (`[STATE_LEN]` int64 on the scores'
     /// device, `kernels/seesaw_params.h`): whether the batch is bad and the

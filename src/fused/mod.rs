@@ -146,7 +146,9 @@ pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<crate::Error> {
 
 /// What the prepare step of a call leaves for its rows.
 pub(crate) struct Prepared {
-    /// `[C]` f32 `log(max(n, 1))`, the batch counted.
+    /// The class table, the batch counted: `[C]` f32 `log(max(n, 1))` on
+    /// the CPU mirror; `[2, C]` on the kernels (`log(max(n, 1))`, then `n^p`,
+    /// kernels/seesaw.cu "the class table").
     pub log_counts: Tensor,
     /// `[STATE_LEN]` int64 call state.
     pub state: Tensor,
