@@ -52,19 +52,14 @@ impl Call {
         state: Option<Tensor>,
     ) -> Call {
         Call {
-            compute_kind: crate::inputs::compute_kind(scores.kind()),
-            params,
+            // The configuration's f64 values, not the block's f32 ones.
             exact: Exact {
                 p: config.p,
                 q: config.q,
                 eps: config.eps,
                 loss_weight: config.loss_weight,
             },
-            scores: scores.shallow_clone(),
-            labels,
-            weights,
-            log_counts,
-            state,
+            ..Call::from_params(params, scores.shallow_clone(), labels, weights, log_counts, state)
         }
     }
 

@@ -15,7 +15,7 @@ use std::ops::Range;
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::{as_contiguous, LossRows, Upstream};
+use super::{as_contiguous, LossRows, RowTensors, Upstream};
 use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
@@ -208,16 +208,17 @@ impl Inputs {
         let state: [i64; STATE_LEN as usize] = unsafe { slice::<i64>(&state, STATE_LEN as usize) }
             .try_into()
             .map_err(|_| anyhow::anyhow!("the call state has the wrong length"))?;
+        let RowTensors {
+            labels,
+            weights,
+            log_counts,
+        } = RowTensors::of(call)?;
         // The passes only read the logits: no need to detach them.
         Ok(Inputs {
             logits: as_contiguous(&call.scores, Kind::Float)?,
-            labels: as_contiguous(&call.labels, Kind::Int64)?,
-            weights: call
-                .weights
-                .as_ref()
-                .map(|w| as_contiguous(w, Kind::Float))
-                .transpose()?,
-            log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
+            labels,
+            weights,
+            log_counts,
             state,
         })
     }

@@ -9,7 +9,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
 use super::device::{self, ContextGuard};
-use super::{as_contiguous, LossRows, Upstream};
+use super::{as_contiguous, LossRows, RowTensors, Upstream};
 use crate::call::Call;
 use crate::config::Reduction;
 use crate::deferred::ErrorRecord;
@@ -370,15 +370,16 @@ impl Launch {
             "the kernels take a [2, C] class table, got {:?}",
             call.log_counts.size()
         );
+        let RowTensors {
+            labels,
+            weights,
+            log_counts,
+        } = RowTensors::of(call)?;
         Ok(Launch {
             scores,
-            labels: as_contiguous(&call.labels, Kind::Int64)?,
-            weights: call
-                .weights
-                .as_ref()
-                .map(|w| as_contiguous(w, Kind::Float))
-                .transpose()?,
-            log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
+            labels,
+            weights,
+            log_counts,
             state: state.shallow_clone(),
             layout: Layout::for_shape(n, params.classes as i64, executor.resident_blocks()),
             executor,

@@ -144,6 +144,28 @@ pub(crate) fn unsupported(device: Device, kind: Kind) -> Option<crate::Error> {
     }
 }
 
+/// A call's labels (int64), weights and class table (f32), contiguous, as
+/// both fused paths (the CPU mirror, the kernels) read them.
+pub(crate) struct RowTensors {
+    pub labels: Tensor,
+    pub weights: Option<Tensor>,
+    pub log_counts: Tensor,
+}
+
+impl RowTensors {
+    pub(crate) fn of(call: &Call) -> Result<RowTensors> {
+        Ok(RowTensors {
+            labels: as_contiguous(&call.labels, Kind::Int64)?,
+            weights: call
+                .weights
+                .as_ref()
+                .map(|w| as_contiguous(w, Kind::Float))
+                .transpose()?,
+            log_counts: as_contiguous(&call.log_counts, Kind::Float)?,
+        })
+    }
+}
+
 /// What the prepare step of a call leaves for its rows.
 pub(crate) struct Prepared {
     /// The class table, the batch counted: `[C]` f32 `log(max(n, 1))` on
