@@ -2,9 +2,9 @@
 //! which runs it as is. The CUDA kernels (`kernels/seesaw.cu`) compute the
 //! same quantities with the same shifts; they differ in how a row is
 //! traversed (a warp or a block of threads, the row held in registers) and in
-//! their exponentials (one `exp2` per logit, with an `n^p` table for the
-//! mitigation, where the mirror uses `exp` and a table relative to the
-//! largest count), so the two agree to f32 rounding, not bit for bit. The
+//! their exponentials (the kernels' `exp2` is the GPU's approximate one,
+//! the mirror's a polynomial in [`lanes`]), so the two agree to f32
+//! rounding, not bit for bit. The
 //! kernels' own mapping of this math is in `docs/kernels.md`.
 //!
 //! # Derivation
@@ -53,7 +53,7 @@
 //!
 //! # Shifts instead of an online maximum
 //!
-//! `lse` takes the row maximum `m` first (one vectorizable pass), then sums
+//! `lse` takes the row maximum `m` first (one pass), then sums
 //! `exp(z - m)`. `logsumexp(z')` needs no maximum pass: every adjusted logit
 //! satisfies `z'_j - lse <= q * max(0, (m - lse) - rel_self)`, because
 //! `z_j - lse <= 0`, `log M_j <= 0` and `log C_j` grows with `z_j`. Summing
@@ -64,74 +64,88 @@
 //! row; their held way, which works with products instead, hands a row whose
 //! sum falls below `SEESAW_HELD_UNDERFLOW` to the exact way.
 //!
-//! # The CPU loss pass with one exponential per logit
+//! # The CPU mirror: one exponential per logit and pass, few compensated classes
 //!
-//! On the CPU the exponentials are the cost, so [`class_forward_powered`]
-//! evaluates the same `logsumexp(z')` with one `exp` per logit instead of
-//! two. Writing `e_j = exp(z_j - m)` (kept from the `lse` pass),
+//! On the CPU the exponentials are the cost, so [`class_forward_powered`] and
+//! [`class_grad_powered`] work with products, as the kernels' held way does.
+//! With `e_j = exp(z_j - m)` and a per-call table `P_j = n_j^p`,
 //!
 //! ```text
 //! exp(z'_j - m) = e_j * M_j * C_j
-//! M_j = min(1, P_j / P_y),  P_j = exp(p (log n_j - max log n))   (per call)
-//! C_j = max(1, (e_j * exp(m - threshold))^q)                       (q in {0, 1, 2})
+//! M_j = min(1, P_j / P_y)
+//! C_j = exp(q (z_j - threshold))   where z_j > threshold, else 1
+//! threshold = lse + max(z_y - lse, log eps)
 //! ```
 //!
-//! so `logsumexp(z') = m + log(e_y + sum_{j != y} e_j M_j C_j)`, all products.
+//! `C_j > 1` needs `s_j > max(s_y, eps) >= eps`, so at most `1 / eps` classes
+//! of a row are compensated (under 100 at the default `eps`). The loss pass
+//! therefore sums `e_j` and `e_j M_j` in one pass over the row (one
+//! exponential per logit), takes `lse` and the threshold from the first sum,
+//! then finds the compensated classes with one compare per vector and adds
+//! their `e_j M_j (C_j - 1)` one by one:
+//! `logsumexp(z') = m + log(sum_j e_j M_j + sum_{compensated} e_j M_j (C_j - 1))`
+//! (`M_y = 1`, and the label is never compensated, as `threshold >= z_y`).
+//! The gradient pass writes `scale * exp(z_j - lse') * M_j` in one pass (one
+//! exponential per logit), then rewrites the compensated classes and the
+//! label. Between the passes of a call the row stays in the core's L1
+//! cache: the CPU's counterpart of the kernels holding it in registers.
+//!
 //! [`PoweredCounts::new`] takes this path only where nothing can overflow or
-//! underflow: `q` in {0, 1, 2}, `q * -log(eps) <= 60` (so `C_j <= e^60`) and
-//! `p * (max log n - min log n) <= 60` (so `M_j >= e^-60`); the defaults
-//! qualify. Other calls use [`class_forward`].
+//! underflow: `q * -log(eps) <= 60` (so `C_j <= e^60`) and
+//! `p * max log n <= 60` (so `1 <= P_j <= e^60` and `M_j >= e^-60`); the
+//! defaults qualify whatever the counts (`log n <= 43.7` in int64). Other
+//! calls use [`class_forward`] and [`class_grad`], which add the
+//! adjustments in the exponent as the derivation above writes them.
+//!
+//! The vector loops are in [`lanes`], on the `pulp` crate: one generic body
+//! compiled for each instruction set, the widest the processor has picked
+//! at run time.
 
-use crate::params::{SeesawParams, UNDERFLOW};
+mod lanes;
 
-/// What the loss pass of a class row keeps for its gradient pass.
+use crate::params::{SeesawParams, ROW_STATS, UNDERFLOW};
+pub(crate) use lanes::dispatch;
+use lanes::{exp, LaneMap};
+use pulp::Simd;
+
+/// What the loss pass of a class row keeps for its gradient pass: the
+/// kernels' three row stats (`SEESAW_ROW_STATS`), in their order. The two
+/// sums are kept relative to the row maximum `m` so that the loss, and the
+/// label's gradient `exp(-loss) - 1`, come from `(m - z_y) + (lse' - m)`:
+/// for a confident row (a loss of 0.01 on logits of 3, say) both keep their
+/// own precision, which `lse' - z_y` would round away at the logits'
+/// magnitude.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct RowStats {
-    /// `logsumexp(z)`.
+    /// `m`, the row maximum (0 for an all `-inf` row).
+    pub max: f32,
+    /// `logsumexp(z) - m`.
     pub lse: f32,
-    /// `logsumexp(z')`.
-    pub lse_adjusted: f32,
+    /// `logsumexp(z') - m`.
+    pub adjusted: f32,
 }
 
 impl RowStats {
     /// What rows without a class loss (background, unchecked labels) keep.
     pub(crate) const NAN: RowStats = RowStats {
+        max: f32::NAN,
         lse: f32::NAN,
-        lse_adjusted: f32::NAN,
+        adjusted: f32::NAN,
     };
-}
 
-/// Lanes of the chunked loops below: wide enough for two AVX2 registers, so
-/// the compiler turns each chunk into vector code.
-const LANES: usize = 16;
+    /// The stats as the kernels' row of `[N, SEESAW_ROW_STATS]` holds them.
+    pub(crate) fn to_array(self) -> [f32; ROW_STATS as usize] {
+        [self.max, self.lse, self.adjusted]
+    }
 
-/// `e^x` in f32 without a libm call, so that loops over it vectorize: Cody-Waite
-/// reduction `x = k ln 2 + r` with `|r| <= ln 2 / 2`, a degree-6 polynomial for
-/// `e^r` (Cephes' `expf` coefficients, about 1 ulp), and `2^k` built in the
-/// exponent bits. Rounding to `k` adds and subtracts 1.5 * 2^23, which leaves
-/// `k` in the low mantissa bits. `e^x = 0` below -87.3 (f32's normal range),
-/// NaN stays NaN.
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
-    const LOW: f32 = -87.336_55;
-    const HIGH: f32 = 88.0;
-    let clamped = x.clamp(LOW, HIGH); // NaN stays NaN
-    let t = clamped * LOG2E + ROUND;
-    let k = t - ROUND;
-    let r = clamped - k * LN2_HI - k * LN2_LO;
-    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65)
-        * r
-        + 0.5;
-    let e_r = poly * r * r + r + 1.0;
-    let two_k = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
-    if x < LOW {
-        0.0
-    } else {
-        e_r * two_k
+    pub(crate) fn from_array([max, lse, adjusted]: [f32; ROW_STATS as usize]) -> RowStats {
+        RowStats { max, lse, adjusted }
+    }
+
+    /// The row's unweighted class loss `logsumexp(z') - z_y`, before the
+    /// clamp at 0.
+    fn loss(self, z_y: f32) -> f32 {
+        (self.max - z_y) + self.adjusted
     }
 }
 
@@ -163,43 +177,6 @@ fn min0(x: f32) -> f32 {
     } else {
         0.0
     }
-}
-
-/// The largest element; NaNs are skipped (they reach the sums instead), and
-/// an empty or all `-inf` row gives `-inf`.
-#[inline(always)]
-fn max(z: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = z.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    rest.iter()
-        .chain(&acc)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
-}
-
-/// `sum_j exp(f(z_j, w_j) - shift)` over two equally long slices, in
-/// `LANES` partial sums.
-#[inline(always)]
-fn sum_exp(z: &[f32], w: &[f32], shift: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = z.chunks_exact(LANES).zip(w.chunks_exact(LANES));
-    let rest = z.len() - z.len() % LANES;
-    for (cz, cw) in chunks {
-        for ((a, &zj), &wj) in acc.iter_mut().zip(cz).zip(cw) {
-            *a += exp(f(zj, wj) - shift);
-        }
-    }
-    let tail: f32 = z[rest..]
-        .iter()
-        .zip(&w[rest..])
-        .map(|(&zj, &wj)| exp(f(zj, wj) - shift))
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `log M_j + log C_j` for the negatives of one row: `p min(0, log n_j - log
@@ -238,29 +215,75 @@ impl Adjustment {
     }
 }
 
-/// `sum_j exp(z'_j - shift)` of a row: the negatives on either side of the
-/// label, then the label's own term. A function rather than a closure so that
-/// it is always inlined into the vector-compiled caller.
+/// `scale * exp(z'_j - shift)` per lane, `z'` the adjusted logits of an
+/// [`Adjustment`] and `w` the log-count table; the label's lane comes out
+/// as `exp(z_y - shift)`, as its adjustments are 0 (`log n_j = log n_y`,
+/// `z_y <= threshold`).
+#[derive(Clone, Copy)]
+struct AdjustedExp {
+    adj: Adjustment,
+    shift: f32,
+    scale: f32,
+}
+
+impl AdjustedExp {
+    fn new(adj: Adjustment, shift: f32, scale: f32) -> Self {
+        AdjustedExp { adj, shift, scale }
+    }
+}
+
+impl<S: Simd> LaneMap<S> for AdjustedExp {
+    #[inline(always)]
+    fn apply(self, simd: S, z: S::f32s, log_n: S::f32s) -> S::f32s {
+        let zero = simd.splat_f32s(0.0);
+        let a = &self.adj;
+        let mitigation = simd.min_f32s(simd.sub_f32s(log_n, simd.splat_f32s(a.log_n_y)), zero);
+        let compensation = lanes::above_zero(simd, simd.sub_f32s(z, simd.splat_f32s(a.threshold)));
+        let adjusted = simd.mul_add_f32s(simd.splat_f32s(a.p), mitigation, z);
+        let adjusted = simd.mul_add_f32s(simd.splat_f32s(a.q), compensation, adjusted);
+        let x = simd.sub_f32s(adjusted, simd.splat_f32s(self.shift));
+        simd.mul_f32s(exp(simd, x), simd.splat_f32s(self.scale))
+    }
+}
+
+/// `exp(z_j - shift)` per lane (the second slice is not read).
+#[derive(Clone, Copy)]
+struct ShiftedExp {
+    shift: f32,
+}
+
+impl<S: Simd> LaneMap<S> for ShiftedExp {
+    #[inline(always)]
+    fn apply(self, simd: S, z: S::f32s, _: S::f32s) -> S::f32s {
+        exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)))
+    }
+}
+
+/// Row maximum and `lse`, with an all `-inf` (or empty) row's maximum taken
+/// as 0 so that the shifts stay finite.
 #[inline(always)]
-fn adjusted_sum(adj: &Adjustment, z: &[f32], label: usize, log_counts: &[f32], shift: f32) -> f32 {
-    let below = sum_exp(&z[..label], &log_counts[..label], shift, |zj, nj| adj.adjusted(zj, nj));
-    let above = sum_exp(&z[label + 1..], &log_counts[label + 1..], shift, |zj, nj| {
-        adj.adjusted(zj, nj)
-    });
-    below + above + exp(z[label] - shift)
+fn max_and_lse<S: Simd>(simd: S, z: &[f32]) -> (f32, f32) {
+    let m = lanes::max(simd, z);
+    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let total = lanes::sum(simd, ShiftedExp { shift: m }, z, z);
+    (m, m + total.ln())
 }
 
 /// Loss pass of a class row: returns the unweighted loss and the row's
 /// stats. `label` must be in `[0, z.len())`, `log_counts` as long as `z`.
 #[inline(always)]
-pub(crate) fn class_forward(params: &SeesawParams, z: &[f32], label: usize, log_counts: &[f32]) -> (f32, RowStats) {
-    let m = max(z);
-    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
-    let lse = m + sum_exp(z, z, m, |zj, _| zj).ln();
+pub(crate) fn class_forward<S: Simd>(
+    simd: S,
+    params: &SeesawParams,
+    z: &[f32],
+    label: usize,
+    log_counts: &[f32],
+) -> (f32, RowStats) {
+    let (m, lse) = max_and_lse(simd, z);
     let z_y = z[label];
     let adj = Adjustment::new(params, lse, z_y, log_counts[label]);
     let mut shift = lse + params.q * max0(m - adj.threshold);
-    let mut sum = adjusted_sum(&adj, z, label, log_counts, shift);
+    let mut sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts);
     if sum < UNDERFLOW {
         // Only with extreme exponents: sum again against the exact maximum.
         let exact = z
@@ -271,130 +294,23 @@ pub(crate) fn class_forward(params: &SeesawParams, z: &[f32], label: usize, log_
             .fold(f32::NEG_INFINITY, f32::max);
         if exact > f32::NEG_INFINITY {
             shift = exact;
-            sum = adjusted_sum(&adj, z, label, log_counts, shift);
+            sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts);
         }
     }
-    let lse_adjusted = shift + sum.ln();
-    (non_negative(lse_adjusted - z_y), RowStats { lse, lse_adjusted })
-}
-
-/// Per-call constants of [`class_forward_powered`]: `P_j` for every class and
-/// how to raise to `q`.
-pub(crate) struct PoweredCounts {
-    powered: Vec<f32>,
-    q: PowerOfQ,
-}
-
-#[derive(Clone, Copy)]
-enum PowerOfQ {
-    Zero,
-    One,
-    Two,
-}
-
-impl PoweredCounts {
-    /// `None` when the call's exponents leave the safe range (module
-    /// documentation); the caller then uses [`class_forward`].
-    pub(crate) fn new(params: &SeesawParams, log_counts: &[f32]) -> Option<PoweredCounts> {
-        const LIMIT: f32 = 60.0;
-        let q = if params.q == 0.0 {
-            PowerOfQ::Zero
-        } else if params.q == 1.0 {
-            PowerOfQ::One
-        } else if params.q == 2.0 {
-            PowerOfQ::Two
-        } else {
-            return None;
-        };
-        if params.q * -params.log_eps > LIMIT {
-            return None;
-        }
-        let hi = log_counts.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let lo = log_counts.iter().cloned().fold(f32::INFINITY, f32::min);
-        let spread = params.p * (hi - lo);
-        if spread.is_nan() || spread > LIMIT {
-            return None;
-        }
-        // `exp` below rather than libm's: one vector loop over C, not C calls.
-        let powered = log_counts.iter().map(|&l| exp(params.p * (l - hi))).collect();
-        Some(PoweredCounts { powered, q })
-    }
-}
-
-/// `sum_j e_j * min(1, P_j / P_y) * max(1, (e_j k)^q)` over two equally long
-/// slices, in `LANES` partial sums.
-#[inline(always)]
-fn powered_sum(e: &[f32], powered: &[f32], inv_p_y: f32, k: f32, q: PowerOfQ) -> f32 {
-    let term = |ej: f32, pj: f32| {
-        let m = pj * inv_p_y;
-        let m = if m < 1.0 { m } else { 1.0 };
-        let c = match q {
-            PowerOfQ::Zero => 1.0,
-            PowerOfQ::One => ej * k,
-            PowerOfQ::Two => (ej * k) * (ej * k),
-        };
-        let c = if c > 1.0 { c } else { 1.0 };
-        ej * m * c
+    let stats = RowStats {
+        max: m,
+        lse: lse - m,
+        adjusted: (shift - m) + sum.ln(),
     };
-    let mut acc = [0.0f32; LANES];
-    let rest = e.len() - e.len() % LANES;
-    for (ce, cp) in e.chunks_exact(LANES).zip(powered.chunks_exact(LANES)) {
-        for ((a, &ej), &pj) in acc.iter_mut().zip(ce).zip(cp) {
-            *a += term(ej, pj);
-        }
-    }
-    let tail: f32 = e[rest..]
-        .iter()
-        .zip(&powered[rest..])
-        .map(|(&ej, &pj)| term(ej, pj))
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// [`class_forward`] with one exponential per logit (module documentation,
-/// "The CPU loss pass with one exponential per logit"). `scratch` is at least
-/// as long as `z`.
-#[inline(always)]
-pub(crate) fn class_forward_powered(
-    params: &SeesawParams,
-    powered: &PoweredCounts,
-    z: &[f32],
-    label: usize,
-    scratch: &mut [f32],
-) -> (f32, RowStats) {
-    let m = max(z);
-    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
-    let e = &mut scratch[..z.len()];
-    let mut acc = [0.0f32; LANES];
-    let rest = z.len() - z.len() % LANES;
-    for (cz, ce) in z.chunks_exact(LANES).zip(e.chunks_exact_mut(LANES)) {
-        for ((a, &zj), ej) in acc.iter_mut().zip(cz).zip(ce) {
-            *ej = exp(zj - m);
-            *a += *ej;
-        }
-    }
-    let mut tail = 0.0;
-    for (&zj, ej) in z[rest..].iter().zip(&mut e[rest..]) {
-        *ej = exp(zj - m);
-        tail += *ej;
-    }
-    let lse = m + (acc.iter().sum::<f32>() + tail).ln();
-    let z_y = z[label];
-    let adj = Adjustment::new(params, lse, z_y, 0.0);
-    let k = exp(m - adj.threshold);
-    let p = &powered.powered;
-    let inv_p_y = 1.0 / p[label];
-    let sum = powered_sum(&e[..label], &p[..label], inv_p_y, k, powered.q)
-        + powered_sum(&e[label + 1..], &p[label + 1..], inv_p_y, k, powered.q)
-        + e[label];
-    let lse_adjusted = m + sum.ln();
-    (non_negative(lse_adjusted - z_y), RowStats { lse, lse_adjusted })
+    (non_negative(stats.loss(z_y)), stats)
 }
 
 /// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`
 /// into `grad`, recomputing `z'` from the logits and the loss pass's stats.
 #[inline(always)]
-pub(crate) fn class_grad(
+#[allow(clippy::too_many_arguments)] // the row, its stats and the instruction set
+pub(crate) fn class_grad<S: Simd>(
+    simd: S,
     params: &SeesawParams,
     z: &[f32],
     label: usize,
@@ -404,12 +320,187 @@ pub(crate) fn class_grad(
     grad: &mut [f32],
 ) {
     let z_y = z[label];
-    let adj = Adjustment::new(params, stats.lse, z_y, log_counts[label]);
-    let shift = stats.lse_adjusted;
-    for ((g, &zj), &nj) in grad.iter_mut().zip(z).zip(log_counts) {
-        *g = scale * exp(adj.adjusted(zj, nj) - shift);
+    let adj = Adjustment::new(params, stats.max + stats.lse, z_y, log_counts[label]);
+    let shift = stats.max + stats.adjusted;
+    lanes::store(simd, AdjustedExp::new(adj, shift, scale), z, log_counts, grad);
+    grad[label] = scale * (-stats.loss(z_y)).exp_m1();
+}
+
+/// Per-call constants of [`class_forward_powered`]: `P_j = n_j^p` for every
+/// class, and `q` when it is a small integer.
+pub(crate) struct PoweredCounts {
+    powered: Vec<f32>,
+    q: Option<SmallQ>,
+}
+
+/// `q` in {0, 1, 2}: `C_j = (e_j k)^q` by multiplication.
+#[derive(Clone, Copy)]
+enum SmallQ {
+    Zero,
+    One,
+    Two,
+}
+
+/// `exp(p * log n_j)` per lane.
+#[derive(Clone, Copy)]
+struct Power {
+    p: f32,
+}
+
+impl<S: Simd> LaneMap<S> for Power {
+    #[inline(always)]
+    fn apply(self, simd: S, log_n: S::f32s, _: S::f32s) -> S::f32s {
+        exp(simd, simd.mul_f32s(log_n, simd.splat_f32s(self.p)))
     }
-    grad[label] = scale * (exp(z_y - shift) - 1.0);
+}
+
+impl PoweredCounts {
+    /// The largest exponent either factor may reach (module documentation).
+    const LIMIT: f32 = 60.0;
+
+    /// `None` when the call's exponents leave the safe range (module
+    /// documentation); the caller then uses [`class_forward`].
+    #[inline(always)]
+    pub(crate) fn new<S: Simd>(simd: S, params: &SeesawParams, log_counts: &[f32]) -> Option<PoweredCounts> {
+        let compensation = params.q * -params.log_eps;
+        let mitigation = params.p * lanes::max(simd, log_counts).max(0.0);
+        if !(compensation <= Self::LIMIT && mitigation <= Self::LIMIT && params.p >= 0.0) {
+            return None;
+        }
+        let mut powered = vec![0.0; log_counts.len()];
+        let power = Power { p: params.p };
+        lanes::store(simd, power, log_counts, log_counts, &mut powered);
+        let q = match params.q {
+            0.0 => Some(SmallQ::Zero),
+            1.0 => Some(SmallQ::One),
+            2.0 => Some(SmallQ::Two),
+            _ => None,
+        };
+        Some(PoweredCounts { powered, q })
+    }
+}
+
+/// `(exp(z_j - m), exp(z_j - m) * min(1, P_j / P_y))` per lane.
+#[derive(Clone, Copy)]
+struct MitigatedExp {
+    shift: f32,
+    inv_p_y: f32,
+}
+
+impl<S: Simd> lanes::PairMap<S> for MitigatedExp {
+    #[inline(always)]
+    fn apply(self, simd: S, z: S::f32s, powered: S::f32s) -> (S::f32s, S::f32s) {
+        let e = exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)));
+        let m = simd.min_f32s(
+            simd.mul_f32s(powered, simd.splat_f32s(self.inv_p_y)),
+            simd.splat_f32s(1.0),
+        );
+        (e, simd.mul_f32s(e, m))
+    }
+}
+
+/// `exp(z_j - m) * min(1, P_j / P_y) * (exp(q (z_j - threshold)) - 1)` per
+/// lane, from the logits: what a compensated class adds to
+/// [`MitigatedExp`]'s second sum, for any `q`.
+#[derive(Clone, Copy)]
+struct Compensation {
+    shift: f32,
+    inv_p_y: f32,
+    q: f32,
+    threshold: f32,
+}
+
+impl<S: Simd> LaneMap<S> for Compensation {
+    #[inline(always)]
+    fn apply(self, simd: S, z: S::f32s, powered: S::f32s) -> S::f32s {
+        let e = exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)));
+        let m = simd.min_f32s(
+            simd.mul_f32s(powered, simd.splat_f32s(self.inv_p_y)),
+            simd.splat_f32s(1.0),
+        );
+        let above = simd.sub_f32s(z, simd.splat_f32s(self.threshold));
+        let c = exp(simd, simd.mul_f32s(above, simd.splat_f32s(self.q)));
+        simd.mul_f32s(simd.mul_f32s(e, m), simd.sub_f32s(c, simd.splat_f32s(1.0)))
+    }
+}
+
+/// `e_j * min(1, P_j / P_y) * max(1, (e_j k)^q)` per lane, from
+/// `e_j = exp(z_j - m)` (kept by the first pass) and `k = exp(m - threshold)`,
+/// for `q` in {0, 1, 2}: `C_j` with no exponential and no branch.
+#[derive(Clone, Copy)]
+struct PoweredTerm {
+    inv_p_y: f32,
+    k: f32,
+    q: SmallQ,
+}
+
+impl<S: Simd> LaneMap<S> for PoweredTerm {
+    #[inline(always)]
+    fn apply(self, simd: S, e: S::f32s, powered: S::f32s) -> S::f32s {
+        let one = simd.splat_f32s(1.0);
+        let m = simd.min_f32s(simd.mul_f32s(powered, simd.splat_f32s(self.inv_p_y)), one);
+        let mitigated = simd.mul_f32s(e, m);
+        let ratio = simd.mul_f32s(e, simd.splat_f32s(self.k));
+        let c = match self.q {
+            SmallQ::Zero => return mitigated,
+            SmallQ::One => ratio,
+            SmallQ::Two => simd.mul_f32s(ratio, ratio),
+        };
+        simd.mul_f32s(mitigated, simd.max_f32s(c, one))
+    }
+}
+
+/// [`class_forward`] with one exponential per logit and the compensated
+/// classes added where a compare finds them (module documentation, "The
+/// CPU mirror"). `scratch` is at least as long as `z`; it receives
+/// `exp(z_j - m)`.
+#[inline(always)]
+pub(crate) fn class_forward_powered<S: Simd>(
+    simd: S,
+    params: &SeesawParams,
+    powered: &PoweredCounts,
+    z: &[f32],
+    label: usize,
+    scratch: &mut [f32],
+) -> (f32, RowStats) {
+    let m = lanes::max(simd, z);
+    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let inv_p_y = 1.0 / powered.powered[label];
+    let z_y = z[label];
+    let p = &powered.powered;
+    let (lse, sum) = match powered.q {
+        Some(q) => {
+            // Keeps `e_j` for the second pass, which needs no exponential.
+            let e = &mut scratch[..z.len()];
+            let lse = m + lanes::sum_keeping(simd, ShiftedExp { shift: m }, z, z, e).ln();
+            let adj = Adjustment::new(params, lse, z_y, 0.0);
+            let k = match q {
+                SmallQ::Zero => 0.0,
+                _ => (m - adj.threshold).exp(),
+            };
+            (lse, lanes::sum(simd, PoweredTerm { inv_p_y, k, q }, e, p))
+        }
+        None => {
+            let map = MitigatedExp { shift: m, inv_p_y };
+            let (total, mut sum) = lanes::sum_pair(simd, map, z, p);
+            let lse = m + total.ln();
+            let adj = Adjustment::new(params, lse, z_y, 0.0);
+            let compensation = Compensation {
+                shift: m,
+                inv_p_y,
+                q: params.q,
+                threshold: adj.threshold,
+            };
+            sum += lanes::sum_above(simd, compensation, z, p, adj.threshold);
+            (lse, sum)
+        }
+    };
+    let stats = RowStats {
+        max: m,
+        lse: lse - m,
+        adjusted: sum.ln(),
+    };
+    (non_negative(stats.loss(z_y)), stats)
 }
 
 /// Objectness part of one detection row: 2-way cross-entropy of `(fg, bg)`
@@ -431,52 +522,162 @@ pub(crate) fn objectness_row(fg: f32, bg: f32, background: bool, grad: Option<(&
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanes::tests::for_each_arch;
+    use pulp::WithSimd;
 
-    #[test]
-    fn exp_matches_libm_to_two_ulp_over_the_range() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x), x.exp());
-            assert!(((got - want) / want).abs() < 2.5e-7, "exp({x}) = {got}, libm {want}");
-            x += 0.0137;
-        }
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp(-100.0), 0.0);
-        assert!(exp(f32::NAN).is_nan());
-        assert_eq!(exp(0.0), 1.0);
+    /// The row's loss and gradient in float64, straight from the Python
+    /// references' formulation (softmax ratios, powers, cross-entropy of the
+    /// adjusted logits), for `scale = 1`.
+    fn reference_row(p: f64, q: f64, eps: f64, z: &[f32], label: usize, log_counts: &[f32]) -> (f64, Vec<f64>) {
+        let z: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let n: Vec<f64> = log_counts.iter().map(|&l| (l as f64).exp()).collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = z.iter().map(|&v| (v - m).exp()).sum();
+        let s: Vec<f64> = z.iter().map(|&v| (v - m).exp() / total).collect();
+        let adjusted: Vec<f64> = (0..z.len())
+            .map(|j| {
+                if j == label {
+                    return z[j];
+                }
+                let mitigation = if n[j] < n[label] {
+                    (n[j] / n[label]).powf(p)
+                } else {
+                    1.0
+                };
+                let ratio = s[j] / s[label].max(eps);
+                let compensation = if ratio > 1.0 { ratio.powf(q) } else { 1.0 };
+                z[j] + (mitigation * compensation).ln()
+            })
+            .collect();
+        let ma = adjusted.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = ma + adjusted.iter().map(|&v| (v - ma).exp()).sum::<f64>().ln();
+        let grad = (0..z.len())
+            .map(|j| (adjusted[j] - lse).exp() - if j == label { 1.0 } else { 0.0 })
+            .collect();
+        (lse - z[label], grad)
     }
 
-    #[test]
-    fn powered_loss_pass_matches_the_exponential_one() {
-        let c = 1203;
-        let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
-        for (p, q) in [(0.8, 2.0), (0.0, 2.0), (0.8, 0.0), (1.3, 1.0)] {
-            let params = SeesawParams::constants(p, q, (1e-2f32).ln());
-            let powered = PoweredCounts::new(&params, &log_counts).expect("safe exponents");
-            let mut scratch = vec![0.0; c];
-            for row in 0..50 {
-                let z: Vec<f32> = (0..c).map(|j| ((j * 31 + row * 17) % 97) as f32 * 0.13 - 6.0).collect();
+    /// Rows with confident wrong classes (compensated), a confident right
+    /// one, flat ones, and rare and frequent labels; C odd so that every
+    /// vector width leaves a tail.
+    fn rows(c: usize) -> Vec<(Vec<f32>, usize)> {
+        (0..40)
+            .map(|row| {
+                let mut z: Vec<f32> = (0..c).map(|j| ((j * 31 + row * 17) % 97) as f32 * 0.05 - 2.0).collect();
                 let label = (row * 131) % c;
-                let (a, sa) = class_forward(&params, &z, label, &log_counts);
-                let (b, sb) = class_forward_powered(&params, &powered, &z, label, &mut scratch);
-                assert!(
-                    (a - b).abs() <= 2e-6 * a.abs().max(1.0),
-                    "p {p} q {q} row {row}: {a} vs {b}"
-                );
-                assert!((sa.lse - sb.lse).abs() < 1e-5 && (sa.lse_adjusted - sb.lse_adjusted).abs() < 1e-5);
+                match row % 4 {
+                    0 => {
+                        for k in 0..3 {
+                            z[(label + 1 + k * 7) % c] += 6.0 + k as f32;
+                        }
+                    }
+                    1 => z[label] += 8.0,
+                    2 => z.iter_mut().for_each(|v| *v *= 0.01),
+                    _ => {}
+                }
+                (z, label)
+            })
+            .collect()
+    }
+
+    struct AgainstFloat64 {
+        p: f32,
+        q: f32,
+    }
+
+    impl WithSimd for AgainstFloat64 {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            let (p, q, eps) = (self.p, self.q, 1e-2f32);
+            let c = 1203;
+            let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
+            let params = SeesawParams::constants(p, q, eps.ln());
+            let powered = PoweredCounts::new(simd, &params, &log_counts).expect("safe exponents");
+            let mut grad = vec![0.0f32; c];
+            for (r, (z, label)) in rows(c).into_iter().enumerate() {
+                let (want, want_grad) = reference_row(p as f64, q as f64, eps as f64, &z, label, &log_counts);
+                let (general, general_stats) = class_forward(simd, &params, &z, label, &log_counts);
+                let mut scratch = vec![0.0; c];
+                let (fast, fast_stats) = class_forward_powered(simd, &params, &powered, &z, label, &mut scratch);
+                // The loss is `lse' - z_y`: f32 rounds `lse'` to its own
+                // magnitude, so the bound is a few roundings of that.
+                let z_y = z[label] as f64;
+                let bound = 4.0 * f32::EPSILON as f64 * (want + z_y).abs().max(1.0);
+                for (name, got) in [("general", general), ("powered", fast)] {
+                    assert!(
+                        (got as f64 - want).abs() <= bound,
+                        "p {p} q {q} row {r} {name}: loss {got}, float64 {want}"
+                    );
+                }
+                for (name, stats) in [("general", general_stats), ("powered", fast_stats)] {
+                    class_grad(simd, &params, &z, label, &log_counts, stats, 1.0, &mut grad);
+                    for (j, (&got, &want)) in grad.iter().zip(&want_grad).enumerate() {
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+                            "p {p} q {q} row {r} stats of the {name} pass, grad [{j}]: {got}, float64 {want}"
+                        );
+                    }
+                }
             }
         }
-        let general = SeesawParams::constants(0.8, 1.5, (1e-2f32).ln());
-        assert!(PoweredCounts::new(&general, &log_counts).is_none());
-        let steep = SeesawParams::constants(9.0, 2.0, (1e-2f32).ln());
-        assert!(PoweredCounts::new(&steep, &log_counts).is_none());
     }
 
     #[test]
-    fn max_skips_nan_and_handles_short_rows() {
-        assert_eq!(max(&[]), f32::NEG_INFINITY);
-        assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
-        let long: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
-        assert_eq!(max(&long), long.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+    fn row_passes_match_float64_on_every_arch() {
+        for (p, q) in [(0.8, 2.0), (0.0, 2.0), (0.8, 0.0), (1.3, 1.0), (0.8, 1.5)] {
+            for_each_arch(|| AgainstFloat64 { p, q });
+        }
+    }
+
+    struct SafeRange;
+
+    impl WithSimd for SafeRange {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            let log_counts: Vec<f32> = (0..1203).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
+            let eps = (1e-2f32).ln();
+            assert!(PoweredCounts::new(simd, &SeesawParams::constants(0.8, 1.5, eps), &log_counts).is_some());
+            let steep = SeesawParams::constants(9.0, 2.0, eps);
+            assert!(PoweredCounts::new(simd, &steep, &log_counts).is_none());
+            let sharp = SeesawParams::constants(0.8, 20.0, eps);
+            assert!(PoweredCounts::new(simd, &sharp, &log_counts).is_none());
+            // int64 counts: the defaults stay on the fast path whatever they are.
+            let huge = vec![(i64::MAX as f32).ln(); 5];
+            assert!(PoweredCounts::new(simd, &SeesawParams::constants(0.8, 2.0, eps), &huge).is_some());
+        }
+    }
+
+    #[test]
+    fn powered_path_only_in_its_safe_range() {
+        for_each_arch(|| SafeRange);
+    }
+
+    struct MaxCheck;
+
+    impl WithSimd for MaxCheck {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            assert_eq!(lanes::max(simd, &[]), f32::NEG_INFINITY);
+            assert_eq!(lanes::max(simd, &[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
+            for len in [1, 7, 16, 17, 37, 64, 65, 1205] {
+                let long: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin() - 2.0).collect();
+                assert_eq!(
+                    lanes::max(simd, &long),
+                    long.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+                );
+                let mut nan = long.clone();
+                nan[len / 2] = f32::NAN;
+                let (_, lse) = max_and_lse(simd, &nan);
+                assert!(lse.is_nan(), "a NaN logit reaches the sums");
+            }
+        }
+    }
+
+    #[test]
+    fn max_handles_every_tail_and_nan_reaches_the_sums() {
+        for_each_arch(|| MaxCheck);
     }
 }

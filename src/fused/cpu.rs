@@ -1,6 +1,7 @@
 //! The CPU mirror of the kernels: the same call in the same steps, the row
 //! algorithm of [`crate::math`] over row blocks on libtorch's intra-op
-//! threads, in vector code (AVX2 when the processor has it). It is the fast
+//! threads, in vector code (`pulp`: AVX-512, AVX2 with FMA, SSE or NEON, the
+//! widest the processor has). It is the fast
 //! CPU path and lets CI check the kernels' logic without a GPU.
 //!
 //! - [`prepare`] is `seesaw_prepare`: it checks the batch, counts it, writes
@@ -19,8 +20,10 @@ use super::{as_contiguous, LossRows, RowTensors, Upstream};
 use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
-use crate::math::{class_forward, class_forward_powered, class_grad, objectness_row, PoweredCounts, RowStats};
-use crate::params::{SeesawParams, STATE_BAD, STATE_LEN, STATE_POSITIVE};
+use crate::math::{
+    class_forward, class_forward_powered, class_grad, dispatch, objectness_row, PoweredCounts, RowStats,
+};
+use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
 /// The fewest logits a thread gets: below this, handing out work costs more.
 /// 8192 logits are about 3 us of a row pass, well above what waking
@@ -280,6 +283,21 @@ impl Host<'_> {
     fn scale(&self, r: usize) -> f32 {
         self.params.loss_weight * self.weights.map_or(1.0, |w| w[r])
     }
+
+    /// The call's `n^p` table when its exponents allow the powered loss
+    /// pass (`math`'s documentation); computed once per call, before the
+    /// rows are handed out.
+    fn powered_counts(&self) -> Option<PoweredCounts> {
+        struct Table<'a>(&'a SeesawParams, &'a [f32]);
+        impl pulp::WithSimd for Table<'_> {
+            type Output = Option<PoweredCounts>;
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, simd: S) -> Self::Output {
+                PoweredCounts::new(simd, self.0, self.1)
+            }
+        }
+        dispatch(Table(&self.params, self.log_counts))
+    }
 }
 
 /// Per-row upstream multipliers on the host: `value[r * stride]`, stride 0
@@ -330,20 +348,25 @@ fn reduced(host: &Host, rows: LossRows) -> Result<(Tensor, Option<Tensor>)> {
 }
 
 /// Loss pass: the reduced parts (per row for [`Reduction::None`]) and the
-/// `[N, 2]` row stats its gradient pass needs; no N x C output.
+/// `[N, ROW_STATS]` row stats its gradient pass needs; no N x C output.
 pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let inputs = Inputs::of(call)?;
     let host = inputs.host(call);
     let n = host.rows();
     let out = LossRows::empty(n as i64, host.detection, Device::Cpu)?;
-    let stats = Tensor::f_empty([n as i64, 2], (Kind::Float, Device::Cpu))?;
+    let stats = Tensor::f_empty([n as i64, ROW_STATS as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: fresh contiguous f32 tensors of these lengths, written only
     // through these pointers, each row by one thread.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), None) };
-    let powered = PoweredCounts::new(&host.params, host.log_counts);
+    let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
-        forward_block(&host, powered.as_ref(), rows, &targets)
+        dispatch(ForwardBlock {
+            host: &host,
+            powered: powered.as_ref(),
+            rows,
+            targets: &targets,
+        })
     });
     let (classes, objectness) = reduced(&host, out)?;
     Ok((classes, objectness, stats))
@@ -357,8 +380,8 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let n = host.rows();
     let stats = as_contiguous(stats, Kind::Float)?;
     ensure!(
-        stats.size() == [n as i64, 2],
-        "saved row stats have shape {:?}, expected [{n}, 2]",
+        stats.size() == [n as i64, ROW_STATS as i64],
+        "saved row stats have shape {:?}, expected [{n}, {ROW_STATS}]",
         stats.size()
     );
     let stats = StatsPtr(stats.data_ptr() as *const f32);
@@ -367,7 +390,15 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(None, None, Some(&grad)) };
-    parallel_rows(n, host.width, |rows| backward_block(&host, rows, &stats, &up, &targets));
+    parallel_rows(n, host.width, |rows| {
+        dispatch(BackwardBlock {
+            host: &host,
+            rows,
+            stats: &stats,
+            up: &up,
+            targets: &targets,
+        })
+    });
     as_contiguous(&grad, call.scores.kind())
 }
 
@@ -385,22 +416,33 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     };
     let up = HostUpstream::of(&placed);
     let out = LossRows::empty(n as i64, host.detection, Device::Cpu)?;
-    let stats = Tensor::f_empty([n as i64, 2], (Kind::Float, Device::Cpu))?;
+    let stats = Tensor::f_empty([n as i64, ROW_STATS as i64], (Kind::Float, Device::Cpu))?;
     let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
     let stats_in = StatsPtr(targets.stats);
-    let powered = PoweredCounts::new(&host.params, host.log_counts);
+    let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
         // Each thread reads back only the stats of its own rows.
-        forward_block(&host, powered.as_ref(), rows.clone(), &targets);
-        backward_block(&host, rows, &stats_in, &up, &targets)
+        dispatch(ForwardBlock {
+            host: &host,
+            powered: powered.as_ref(),
+            rows: rows.clone(),
+            targets: &targets,
+        });
+        dispatch(BackwardBlock {
+            host: &host,
+            rows,
+            stats: &stats_in,
+            up: &up,
+            targets: &targets,
+        })
     });
     let (classes, objectness) = reduced(&host, out)?;
     Ok((classes, objectness, as_contiguous(&grad, call.scores.kind())?))
 }
 
-/// Row stats, `[N, 2]` f32, read by row.
+/// Row stats, `[N, ROW_STATS]` f32 (`RowStats`), read by row.
 struct StatsPtr(*const f32);
 
 // SAFETY: read at the rows of the reading thread only.
@@ -493,125 +535,139 @@ fn parallel_rows<W: Fn(Range<usize>) + Sync>(n: usize, width: usize, work: W) {
 }
 
 thread_local! {
-    /// The one-exponential loss pass's row of `e_j`, kept per thread so a
-    /// call allocates (and zeroes) nothing for it.
+    /// The powered loss pass's row of `exp(z_j - m)`, kept per thread so
+    /// that a call allocates (and zeroes) nothing for it.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `$body` compiled for AVX-512 or AVX2 (with FMA) when the processor
-/// has them, else as is: the
-/// row loops are generic code that the compiler vectorizes for the features
-/// of the function it is inlined into.
-macro_rules! with_best_features {
-    ($name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                // One 16-lane chunk of the row loops is one AVX-512 register
-                // (two AVX2 ones); FMA fuses the polynomial of `math::exp`.
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the processor has these features.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the processor has AVX2 and FMA.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
+/// The loss pass over a block of rows, compiled for the instruction set
+/// `dispatch` picks.
+struct ForwardBlock<'a> {
+    host: &'a Host<'a>,
+    /// The powered table, when the call allows the powered passes.
+    powered: Option<&'a PoweredCounts>,
+    rows: Range<usize>,
+    targets: &'a Targets,
 }
 
-// `powered`: the one-exponential loss pass's constants, when the call allows it.
-with_best_features!(forward_block(
-    host: &Host,
-    powered: Option<&PoweredCounts>,
-    rows: Range<usize>,
-    targets: &Targets
-) {
-    let c = host.classes;
-    // Taken out of the thread's slot and put back: the row loop must not
-    // run inside a closure, which would not get this function's features.
-    let mut scratch = SCRATCH.with(|s| s.take());
-    if powered.is_some() && scratch.len() < c {
-        scratch.resize(c, 0.0);
-    }
-    for r in rows {
-        let z = host.row(r);
-        let scale = host.scale(r);
-        let (loss, stats, objectness) = match host.label(r) {
-            None => (f32::NAN, RowStats::NAN, f32::NAN),
-            Some(label) => {
-                let (loss, stats) = if label < c {
-                    match powered {
-                        Some(powered) => class_forward_powered(&host.params, powered, &z[..c], label, &mut scratch),
-                        None => class_forward(&host.params, &z[..c], label, host.log_counts),
-                    }
-                } else {
-                    (0.0, RowStats::NAN)
-                };
-                let objectness = if host.detection { objectness_row(z[c], z[c + 1], label == c, None) } else { 0.0 };
-                (scale * loss, stats, scale * objectness)
-            }
-        };
-        // SAFETY: row r belongs to this thread; the pointers are valid for
-        // the call's rows (`Targets::new`).
-        unsafe {
-            *targets.class_loss.add(r) = loss;
-            if host.detection {
-                *targets.objectness_loss.add(r) = objectness;
-            }
-            if !targets.stats.is_null() {
-                *targets.stats.add(2 * r) = stats.lse;
-                *targets.stats.add(2 * r + 1) = stats.lse_adjusted;
-            }
-        }
-    }
-    SCRATCH.with(|s| s.replace(scratch));
-});
+impl pulp::WithSimd for ForwardBlock<'_> {
+    type Output = ();
 
-with_best_features!(backward_block(
-    host: &Host,
-    rows: Range<usize>,
-    stats: &StatsPtr,
-    up: &HostUpstream,
-    targets: &Targets
-) {
-    let c = host.classes;
-    for r in rows {
-        let z = host.row(r);
-        // SAFETY: row r belongs to this thread.
-        let g = unsafe { targets.grad_row(r, host.width) };
-        let Some(label) = host.label(r) else {
-            g.fill(0.0);
-            continue;
-        };
-        let scale = host.scale(r);
-        let (g_cls, g_obj) = g.split_at_mut(c);
-        // SAFETY: row r of the [N, 2] stats, written before this read.
-        let row_stats = unsafe { RowStats { lse: *stats.0.add(2 * r), lse_adjusted: *stats.0.add(2 * r + 1) } };
-        let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
-        if label < c {
-            class_grad(&host.params, &z[..c], label, host.log_counts, row_stats, class_scale, g_cls);
-        } else {
-            g_cls.fill(0.0);
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let ForwardBlock {
+            host,
+            powered,
+            rows,
+            targets,
+        } = self;
+        let c = host.classes;
+        // Taken out of the thread's slot and put back: the row loop must not
+        // run inside a closure, which would not get this function's features.
+        let mut scratch = SCRATCH.with(|s| s.take());
+        if powered.is_some() && scratch.len() < c {
+            scratch.resize(c, 0.0);
         }
-        if host.detection {
-            let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
-            objectness_row(z[c], z[c + 1], label == c, Some((g_obj, obj_scale)));
+        for r in rows {
+            let z = host.row(r);
+            let scale = host.scale(r);
+            let (loss, stats, objectness) = match host.label(r) {
+                None => (f32::NAN, RowStats::NAN, f32::NAN),
+                Some(label) => {
+                    let (loss, stats) = if label < c {
+                        match powered {
+                            Some(powered) => {
+                                class_forward_powered(simd, &host.params, powered, &z[..c], label, &mut scratch)
+                            }
+                            None => class_forward(simd, &host.params, &z[..c], label, host.log_counts),
+                        }
+                    } else {
+                        (0.0, RowStats::NAN)
+                    };
+                    let objectness = if host.detection {
+                        objectness_row(z[c], z[c + 1], label == c, None)
+                    } else {
+                        0.0
+                    };
+                    (scale * loss, stats, scale * objectness)
+                }
+            };
+            // SAFETY: row r belongs to this thread; the pointers are valid for
+            // the call's rows (`Targets::new`).
+            unsafe {
+                *targets.class_loss.add(r) = loss;
+                if host.detection {
+                    *targets.objectness_loss.add(r) = objectness;
+                }
+                if !targets.stats.is_null() {
+                    let row = targets.stats.add(ROW_STATS as usize * r);
+                    for (k, v) in stats.to_array().into_iter().enumerate() {
+                        *row.add(k) = v;
+                    }
+                }
+            }
+        }
+        SCRATCH.with(|s| s.replace(scratch));
+    }
+}
+
+/// The gradient pass over a block of rows, compiled for the instruction set
+/// `dispatch` picks.
+struct BackwardBlock<'a> {
+    host: &'a Host<'a>,
+    rows: Range<usize>,
+    stats: &'a StatsPtr,
+    up: &'a HostUpstream<'a>,
+    targets: &'a Targets,
+}
+
+impl pulp::WithSimd for BackwardBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let BackwardBlock {
+            host,
+            rows,
+            stats,
+            up,
+            targets,
+        } = self;
+        let c = host.classes;
+        for r in rows {
+            let z = host.row(r);
+            // SAFETY: row r belongs to this thread.
+            let g = unsafe { targets.grad_row(r, host.width) };
+            let Some(label) = host.label(r) else {
+                g.fill(0.0);
+                continue;
+            };
+            let scale = host.scale(r);
+            let (g_cls, g_obj) = g.split_at_mut(c);
+            // SAFETY: row r of the [N, ROW_STATS] stats, written before this read.
+            let row_stats = RowStats::from_array(unsafe { *(stats.0.add(ROW_STATS as usize * r) as *const _) });
+            let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
+            if label < c {
+                class_grad(
+                    simd,
+                    &host.params,
+                    &z[..c],
+                    label,
+                    host.log_counts,
+                    row_stats,
+                    class_scale,
+                    g_cls,
+                );
+            } else {
+                g_cls.fill(0.0);
+            }
+            if host.detection {
+                let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
+                objectness_row(z[c], z[c + 1], label == c, Some((g_obj, obj_scale)));
+            }
         }
     }
-});
+}
 
 /// # Safety
 /// `t` must be a contiguous CPU tensor of `len` elements of type `T`.

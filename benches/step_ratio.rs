@@ -1,0 +1,84 @@
+//! The CPU training step of the fused path against plain cross-entropy's,
+//! side by side in one process: the two steps alternate, so a machine that
+//! slows down (a shared host, frequency changes) slows both alike, and the
+//! ratio of their medians is what is reported.
+//!
+//! `cargo bench --bench step_ratio` measures LVIS detection at N = 4096 and
+//! N = 16; `cargo bench --bench step_ratio -- lvis-det:4096 imagenet-lt:4096`
+//! picks shapes (`name:rows`, from `benches/common`). `SEESAW_BENCH_QUICK=1`
+//! takes few samples (a smoke run).
+
+mod common;
+
+use common::{Shape, SHAPES};
+use seesaw_loss::{Backend, SeesawLoss};
+use std::time::{Duration, Instant};
+use tch::{nn, Device, Kind, Tensor};
+
+/// One training step: a fresh leaf, the loss, backward into its gradient.
+fn step(loss: Option<&mut SeesawLoss>, scores: &Tensor, labels: &Tensor) {
+    let x = scores.detach().set_requires_grad(true);
+    let value = match loss {
+        Some(loss) => loss.forward(&x, labels, None, None).expect("a valid call").total(),
+        None => x.cross_entropy_for_logits(labels),
+    };
+    value.backward();
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn measure(shape: &Shape, samples: usize) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
+    let (scores, labels) = shape.inputs(1, Kind::Float, Device::Cpu).swap_remove(0);
+    for _ in 0..3 {
+        step(Some(&mut loss), &scores, &labels);
+        step(None, &scores, &labels);
+    }
+    let (mut fused, mut cross) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        let t = Instant::now();
+        step(Some(&mut loss), &scores, &labels);
+        fused.push(t.elapsed());
+        let t = Instant::now();
+        step(None, &scores, &labels);
+        cross.push(t.elapsed());
+    }
+    let (fused, cross) = (median(fused), median(cross));
+    println!(
+        "{}/N={}: fused {:.1} us, cross-entropy {:.1} us, ratio {:.2} ({} pairs, {} threads)",
+        shape.name,
+        shape.rows,
+        fused.as_secs_f64() * 1e6,
+        cross.as_secs_f64() * 1e6,
+        fused.as_secs_f64() / cross.as_secs_f64(),
+        samples,
+        tch::get_num_threads(),
+    );
+}
+
+fn main() {
+    let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let mut picks: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if picks.is_empty() {
+        picks = vec!["lvis-det:4096".into(), "lvis-det:16".into()];
+    }
+    for pick in picks {
+        let shape = SHAPES
+            .iter()
+            .find(|s| format!("{}:{}", s.name, s.rows) == pick)
+            .unwrap_or_else(|| panic!("no shape {pick} in benches/common (name:rows)"));
+        // About two seconds of steps per shape, at least 20 pairs.
+        let per_pair = (shape.rows * shape.width()) as f64 * 1.5e-9;
+        let samples = if quick {
+            5
+        } else {
+            ((2.0 / per_pair) as usize).clamp(20, 2000)
+        };
+        measure(shape, samples);
+    }
+}

@@ -1,0 +1,359 @@
+//! The CPU mirror's vector loops, written once over `pulp`'s [`Simd`]: the
+//! same code is compiled for AVX-512, AVX2 with FMA, SSE, NEON and plain
+//! scalar, and [`pulp::Arch`] picks the widest the processor has at run
+//! time. Every loop walks a row in whole vectors, then its tail in one
+//! masked vector, and reduces its lanes in a fixed order, so a row's results
+//! depend on the row and the instruction set alone.
+
+use pulp::{Simd, WithSimd};
+
+/// Runs `op` compiled for the widest instruction set this processor has
+/// (detected once).
+pub(crate) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+    static ARCH: once_cell::sync::Lazy<pulp::Arch> = once_cell::sync::Lazy::new(pulp::Arch::new);
+    ARCH.dispatch(op)
+}
+
+/// Lane indices 0, 1, 2, ...: compared with a tail's length to mask it.
+const IOTA: [f32; 64] = {
+    let mut iota = [0.0; 64];
+    let mut i = 0;
+    while i < 64 {
+        iota[i] = i as f32;
+        i += 1;
+    }
+    iota
+};
+
+/// `e^x` per lane, for `x <= 88`, as `2^(x log2 e)` with one rounding, a
+/// degree-6 polynomial and one integer multiply; no table, no libm call.
+///
+/// - `x` is clamped below at `-127 ln 2`; `e^x` of anything at or below
+///   `-126.5 ln 2` (about -87.7) is 0 (exactly 0 for `-inf`), which no sum or
+///   gradient here can tell from the subnormal it replaces.
+/// - `t = x log2(e) + (1.5 * 2^23 + 127)` (one multiply-add) rounds
+///   `x log2(e)` to the nearest integer `k` and leaves `k + 127` in the low
+///   bits of `t`; multiplying those bits by `2^23` (wrapping) moves `k + 127`
+///   into the exponent field, which is `2^k`. The rest of `t`'s bits fall
+///   off the top.
+/// - `f = x log2(e) - k` comes from a second multiply-add, so the product is
+///   not rounded before `k` is taken off: `f` is in `[-1/2, 1/2]` with one
+///   rounding, and a minimax fit of `2^f` (constant term fixed at 1) is
+///   within 3e-9 of it. The result is within about one f32 rounding of `e^x`
+///   (relative 1.2e-7) plus `|x| * 1.4e-8`, the rounding of `log2 e` to f32,
+///   wherever `e^x` is normal: at most 1.4e-7 at the `x >= -1` where a
+///   row's largest terms are.
+///
+/// Callers pass `x = z - shift` rather than prescaling `z` and the shift by
+/// `log2 e` separately: the rounding of a prescaled shift would move every
+/// term of a row by the same factor, about `|shift| * 4e-8`.
+///
+/// NaN stays NaN: the clamp replaces only lanes that compare below it, and
+/// every later step propagates it.
+#[inline(always)]
+pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0 + 127.0;
+    const LOWEST: f32 = -127.0 * std::f32::consts::LN_2;
+    const POLY: [f32; 6] = [
+        std::f32::consts::LN_2, // what the fit gives, to f32
+        0.240_226_46,
+        0.055_503_286,
+        0.009_618_489,
+        0.001_339_993,
+        0.000_153_457_92,
+    ];
+    let x = clamp_below(simd, x, LOWEST);
+    let log2_e = simd.splat_f32s(LOG2_E);
+    let t = simd.mul_add_f32s(x, log2_e, simd.splat_f32s(ROUND));
+    let k = simd.sub_f32s(t, simd.splat_f32s(ROUND));
+    let f = simd.mul_add_f32s(x, log2_e, simd.neg_f32s(k));
+    let mut p = simd.splat_f32s(POLY[5]);
+    for &c in POLY[..5].iter().rev() {
+        p = simd.mul_add_f32s(p, f, simd.splat_f32s(c));
+    }
+    p = simd.mul_add_f32s(p, f, simd.splat_f32s(1.0));
+    let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
+    simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
+}
+
+/// `max(x, low)` per lane with NaN kept: a lane is replaced only when it
+/// compares below `low`, which NaN never does.
+#[inline(always)]
+fn clamp_below<S: Simd>(simd: S, x: S::f32s, low: f32) -> S::f32s {
+    let low = simd.splat_f32s(low);
+    simd.select_f32s(simd.less_than_f32s(x, low), low, x)
+}
+
+/// `max(x, 0)` per lane.
+#[inline(always)]
+pub(crate) fn above_zero<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    simd.max_f32s(x, simd.splat_f32s(0.0))
+}
+
+/// The lanes of a vector that hold the first `len` elements of a tail.
+#[inline(always)]
+fn tail_mask<S: Simd>(simd: S, len: usize) -> S::m32s {
+    let (iota, _) = S::as_simd_f32s(&IOTA[..S::F32_LANES]);
+    simd.less_than_f32s(iota[0], simd.splat_f32s(len as f32))
+}
+
+/// A per-lane function of a row's logits `z` and a per-class value `w` at the
+/// same positions: what [`sum`] adds up and [`store`] writes. A trait rather
+/// than a closure so that it is always inlined into the loop, which is
+/// compiled for the instruction set `pulp` picked.
+pub(crate) trait LaneMap<S: Simd>: Copy {
+    fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> S::f32s;
+}
+
+/// The largest element of `z` (a NaN may or may not be skipped: see
+/// [`keep_max`]); an empty or all `-inf` row gives `-inf`. Four accumulators,
+/// as one `max` per vector would wait on the previous one.
+#[inline(always)]
+pub(crate) fn max<S: Simd>(simd: S, z: &[f32]) -> f32 {
+    let low = simd.splat_f32s(f32::NEG_INFINITY);
+    let (head, tail) = S::as_simd_f32s(z);
+    let mut acc = [low; 4];
+    let mut quads = head.chunks_exact(4);
+    for quad in &mut quads {
+        for (a, &v) in acc.iter_mut().zip(quad) {
+            *a = keep_max(simd, *a, v);
+        }
+    }
+    for &v in quads.remainder() {
+        acc[0] = keep_max(simd, acc[0], v);
+    }
+    if !tail.is_empty() {
+        let v = simd.select_f32s(tail_mask(simd, tail.len()), simd.partial_load_f32s(tail), low);
+        acc[1] = keep_max(simd, acc[1], v);
+    }
+    let acc = keep_max(simd, keep_max(simd, acc[0], acc[1]), keep_max(simd, acc[2], acc[3]));
+    // The lanes in a fixed order.
+    let mut lanes = [f32::NEG_INFINITY; 64];
+    let (out, _) = S::as_mut_simd_f32s(&mut lanes[..S::F32_LANES]);
+    out[0] = acc;
+    lanes[..S::F32_LANES]
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `max(acc, v)` per lane, one instruction. Where `v` is NaN, x86 and the
+/// scalar fallback keep `acc` and NEON gives NaN: either way the NaN also
+/// reaches the row's sums, so the row's loss is NaN whatever the maximum.
+#[inline(always)]
+fn keep_max<S: Simd>(simd: S, acc: S::f32s, v: S::f32s) -> S::f32s {
+    simd.max_f32s(v, acc)
+}
+
+/// Partial sums per lane: vector `i` of a row goes to accumulator `i % 4`
+/// (the tail to the next one in turn), so a sum waits on one addition in
+/// four, and each accumulator rounds a quarter of the terms (a row of 1203
+/// on the scalar fallback would otherwise be one chain of 1203 roundings).
+const ACCUMULATORS: usize = 4;
+
+/// The accumulators added in a fixed order, then their lanes.
+#[inline(always)]
+fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
+    let acc = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+    simd.reduce_sum_f32s(acc)
+}
+
+/// Two per-lane functions of the same inputs, computed together: what
+/// [`sum_pair`] adds up.
+pub(crate) trait PairMap<S: Simd>: Copy {
+    fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> (S::f32s, S::f32s);
+}
+
+/// A [`LaneMap`] as a [`PairMap`] whose second value is `-0.0`, which
+/// leaves a sum as it is: the compiler drops that sum altogether.
+#[derive(Clone, Copy)]
+struct First<M>(M);
+
+impl<S: Simd, M: LaneMap<S>> PairMap<S> for First<M> {
+    #[inline(always)]
+    fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> (S::f32s, S::f32s) {
+        (self.0.apply(simd, z, w), simd.splat_f32s(-0.0))
+    }
+}
+
+/// The one loop behind the sums: both sums of `map` over two equally long
+/// slices and, when `KEEP`, the first value of every lane in `kept`.
+#[inline(always)]
+fn fold<S: Simd, M: PairMap<S>, const KEEP: bool>(
+    simd: S,
+    map: M,
+    z: &[f32],
+    w: &[f32],
+    kept: &mut [f32],
+) -> (f32, f32) {
+    let (zh, zt) = S::as_simd_f32s(z);
+    let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
+    let (kh, kt) = S::as_mut_simd_f32s(if KEEP { &mut kept[..z.len()] } else { &mut [] });
+    let zero = simd.splat_f32s(0.0);
+    let (mut first, mut second) = ([zero; ACCUMULATORS], [zero; ACCUMULATORS]);
+    let (zq, wq) = (zh.chunks_exact(ACCUMULATORS), wh.chunks_exact(ACCUMULATORS));
+    let (zr, wr) = (zq.remainder(), wq.remainder());
+    for (i, (zs, ws)) in zq.zip(wq).enumerate() {
+        for k in 0..ACCUMULATORS {
+            let (a, b) = map.apply(simd, zs[k], ws[k]);
+            if KEEP {
+                kh[i * ACCUMULATORS + k] = a;
+            }
+            first[k] = simd.add_f32s(first[k], a);
+            second[k] = simd.add_f32s(second[k], b);
+        }
+    }
+    let done = zh.len() - zr.len();
+    for (k, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
+        let (a, b) = map.apply(simd, zv, wv);
+        if KEEP {
+            kh[done + k] = a;
+        }
+        first[k] = simd.add_f32s(first[k], a);
+        second[k] = simd.add_f32s(second[k], b);
+    }
+    if !zt.is_empty() {
+        let (a, b) = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
+        if KEEP {
+            simd.partial_store_f32s(kt, a);
+        }
+        let mask = tail_mask(simd, zt.len());
+        let k = zr.len();
+        first[k] = simd.add_f32s(first[k], simd.select_f32s(mask, a, zero));
+        second[k] = simd.add_f32s(second[k], simd.select_f32s(mask, b, zero));
+    }
+    (total(simd, first), total(simd, second))
+}
+
+/// `sum_j map(z_j, w_j)` over two equally long slices.
+#[inline(always)]
+pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32]) -> f32 {
+    fold::<S, _, false>(simd, First(map), z, w, &mut []).0
+}
+
+/// [`sum`], keeping every `map(z_j, w_j)` in `kept` for a later pass.
+#[inline(always)]
+pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], kept: &mut [f32]) -> f32 {
+    fold::<S, _, true>(simd, First(map), z, w, kept).0
+}
+
+/// Both sums of a [`PairMap`] over two equally long slices, in one pass.
+#[inline(always)]
+pub(crate) fn sum_pair<S: Simd, M: PairMap<S>>(simd: S, map: M, z: &[f32], w: &[f32]) -> (f32, f32) {
+    fold::<S, _, false>(simd, map, z, w, &mut [])
+}
+
+/// `out_j = map(z_j, w_j)` over three equally long slices.
+#[inline(always)]
+pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], out: &mut [f32]) {
+    let (zh, zt) = S::as_simd_f32s(z);
+    let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
+    let (oh, ot) = S::as_mut_simd_f32s(&mut out[..z.len()]);
+    for ((o, &zv), &wv) in oh.iter_mut().zip(zh).zip(wh) {
+        *o = map.apply(simd, zv, wv);
+    }
+    if !zt.is_empty() {
+        let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
+        simd.partial_store_f32s(ot, v);
+    }
+}
+
+/// `sum_j map(z_j, w_j)` over the `j` with `z_j > threshold` only: one
+/// compare per vector, and `map` only in the vectors that have such a `j`.
+#[inline(always)]
+pub(crate) fn sum_above<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], threshold: f32) -> f32 {
+    let bound = simd.splat_f32s(threshold);
+    let (zh, zt) = S::as_simd_f32s(z);
+    let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
+    let mut acc = simd.splat_f32s(0.0);
+    for (&zv, &wv) in zh.iter().zip(wh) {
+        acc = add_where(simd, map, acc, simd.greater_than_f32s(zv, bound), zv, wv);
+    }
+    if !zt.is_empty() {
+        let zv = simd.partial_load_f32s(zt);
+        let mask = simd.and_m32s(simd.greater_than_f32s(zv, bound), tail_mask(simd, zt.len()));
+        acc = add_where(simd, map, acc, mask, zv, simd.partial_load_f32s(wt));
+    }
+    simd.reduce_sum_f32s(acc)
+}
+
+/// `acc + map(z, w)` in the lanes of `mask`; `map` is skipped when no lane is.
+#[inline(always)]
+fn add_where<S: Simd, M: LaneMap<S>>(simd: S, map: M, acc: S::f32s, mask: S::m32s, z: S::f32s, w: S::f32s) -> S::f32s {
+    if simd.first_true_m32s(mask) == S::F32_LANES {
+        return acc;
+    }
+    simd.add_f32s(acc, simd.select_f32s(mask, map.apply(simd, z, w), simd.splat_f32s(0.0)))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use pulp::WithSimd;
+
+    struct ExpCheck;
+
+    impl WithSimd for ExpCheck {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            let xs: Vec<f32> = (0..4000)
+                .map(|i| -90.0 + i as f32 * 0.0445)
+                .chain([88.0, 0.0, -0.5, 0.5, -1e-8])
+                .collect();
+            let mut out = vec![0.0f32; xs.len()];
+            let (xh, xt) = S::as_simd_f32s(&xs);
+            let (oh, ot) = S::as_mut_simd_f32s(&mut out);
+            for (o, &x) in oh.iter_mut().zip(xh) {
+                *o = exp(simd, x);
+            }
+            simd.partial_store_f32s(ot, exp(simd, simd.partial_load_f32s(xt)));
+            for (&x, &got) in xs.iter().zip(&out) {
+                let want = (x as f64).exp();
+                if want < 2e-38 {
+                    assert!(got == 0.0 || (got as f64) < 2e-38, "e^{x} = {got}");
+                } else if want >= f32::MIN_POSITIVE as f64 {
+                    let rel = ((got as f64) - want).abs() / want;
+                    let bound = 1.2e-7 + (x as f64).abs() * 1.4e-8;
+                    assert!(rel < bound, "e^{x} = {got}, want {want} ({rel:e} > {bound:e})");
+                } else {
+                    assert!(((got as f64) - want).abs() < 1e-44, "e^{x} = {got}, want {want}");
+                }
+            }
+            let special = [f32::NAN, f32::NEG_INFINITY, 0.0];
+            let mut lanes = vec![1.0f32; S::F32_LANES];
+            lanes[..special.len().min(S::F32_LANES)].copy_from_slice(&special[..special.len().min(S::F32_LANES)]);
+            let (v, _) = S::as_simd_f32s(&lanes);
+            let mut got = vec![0.0f32; S::F32_LANES];
+            let (g, _) = S::as_mut_simd_f32s(&mut got);
+            g[0] = exp(simd, v[0]);
+            assert!(got[0].is_nan(), "e^NaN = {}", got[0]);
+            if S::F32_LANES >= 3 {
+                assert_eq!(got[1], 0.0);
+                assert_eq!(got[2], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_within_a_rounding_on_every_arch() {
+        for_each_arch(|| ExpCheck);
+    }
+
+    /// Runs `op()` under the scalar fallback and every vector instruction
+    /// set this processor has.
+    pub(crate) fn for_each_arch<Op: WithSimd<Output = ()>>(op: impl Fn() -> Op) {
+        op().with_simd(pulp::Scalar::new());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                Simd::vectorize(v3, op());
+            }
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                Simd::vectorize(v4, op());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        pulp::Arch::new().dispatch(op());
+    }
+}
