@@ -48,7 +48,7 @@
 //! `logsumexp(z')`, which it returns as [`RowStats`]) and a gradient part
 //! ([`class_grad`]: recomputes `z'` from the logits and the stats and writes
 //! `scale * (softmax(z') - onehot)`). The autograd node runs them in forward
-//! and backward, keeping only the two stats per row in between;
+//! and backward, keeping only the three stats of [`RowStats`] per row in between;
 //! `forward_backward` runs them back to back on a row that is still in cache.
 //!
 //! # Shifts instead of an online maximum
