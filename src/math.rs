@@ -64,38 +64,39 @@
 //! row; their held way, which works with products instead, hands a row whose
 //! sum falls below `SEESAW_HELD_UNDERFLOW` to the exact way.
 //!
-//! # The CPU mirror: one exponential per logit and pass, few compensated classes
+//! # The CPU mirror: one exponential per logit and pass
 //!
-//! On the CPU the exponentials are the cost, so [`class_forward_powered`] and
-//! [`class_grad_powered`] work with products, as the kernels' held way does.
-//! With `e_j = exp(z_j - m)` and a per-call table `P_j = n_j^p`,
+//! On the CPU the exponentials are the cost. The gradient pass
+//! ([`class_grad`]) evaluates one per logit with the adjustments in the
+//! exponent, as written above. The loss pass ([`class_forward_powered`])
+//! works with products, as the kernels' held way does. With
+//! `e_j = exp(z_j - m)` and a per-call table `P_j = n_j^p`,
 //!
 //! ```text
 //! exp(z'_j - m) = e_j * M_j * C_j
 //! M_j = min(1, P_j / P_y)
-//! C_j = exp(q (z_j - threshold))   where z_j > threshold, else 1
+//! C_j = max(1, (e_j k)^q),   k = exp(m - threshold)
 //! threshold = lse + max(z_y - lse, log eps)
 //! ```
 //!
-//! `C_j > 1` needs `s_j > max(s_y, eps) >= eps`, so at most `1 / eps` classes
-//! of a row are compensated (under 100 at the default `eps`). The loss pass
-//! therefore sums `e_j` and `e_j M_j` in one pass over the row (one
-//! exponential per logit), takes `lse` and the threshold from the first sum,
-//! then finds the compensated classes with one compare per vector and adds
-//! their `e_j M_j (C_j - 1)` one by one:
-//! `logsumexp(z') = m + log(sum_j e_j M_j + sum_{compensated} e_j M_j (C_j - 1))`
-//! (`M_y = 1`, and the label is never compensated, as `threshold >= z_y`).
-//! The gradient pass writes `scale * exp(z_j - lse') * M_j` in one pass (one
-//! exponential per logit), then rewrites the compensated classes and the
-//! label. Between the passes of a call the row stays in the core's L1
-//! cache: the CPU's counterpart of the kernels holding it in registers.
+//! so `logsumexp(z') = m + log(sum_j e_j M_j C_j)` (`M_y = C_y = 1`, as
+//! `threshold >= z_y`). For `q` in {0, 1, 2} (the defaults) one pass sums
+//! `e_j` and keeps it in a row buffer, and a second pass over that buffer
+//! sums `e_j M_j C_j` by multiplication alone: one exponential per logit.
+//! For other `q`, `C_j = exp(q (z_j - threshold))` where `z_j > threshold`;
+//! that needs `s_j > max(s_y, eps) >= eps`, so at most `1 / eps` classes of a
+//! row are compensated (under 100 at the default `eps`). The pass then sums
+//! `e_j` and `e_j M_j` together, and adds `e_j M_j (C_j - 1)` only in the
+//! vectors where a compare finds such a class. Between the passes of a call
+//! the row stays in the core's L1 cache: the CPU's counterpart of the
+//! kernels holding it in registers.
 //!
 //! [`PoweredCounts::new`] takes this path only where nothing can overflow or
 //! underflow: `q * -log(eps) <= 60` (so `C_j <= e^60`) and
 //! `p * max log n <= 60` (so `1 <= P_j <= e^60` and `M_j >= e^-60`); the
 //! defaults qualify whatever the counts (`log n <= 43.7` in int64). Other
-//! calls use [`class_forward`] and [`class_grad`], which add the
-//! adjustments in the exponent as the derivation above writes them.
+//! calls use [`class_forward`], which adds the adjustments in the exponent
+//! as the derivation above writes them.
 //!
 //! The vector loops are in [`lanes`], on the `pulp` crate: one generic body
 //! compiled for each instruction set, the widest the processor has picked
