@@ -113,7 +113,7 @@ impl DataSet {
         let centres = Tensor::randn([CLASSES, DIM], (Kind::Float, Device::Cpu));
         let draw = |per_class: &dyn Fn(usize) -> i64| {
             let labels: Vec<i64> = (0..CLASSES as usize)
-                .flat_map(|c| std::iter::repeat(c as i64).take(per_class(c) as usize))
+                .flat_map(|c| std::iter::repeat_n(c as i64, per_class(c) as usize))
                 .collect();
             let y = Tensor::from_slice(&labels);
             let noise = Tensor::randn([labels.len() as i64, DIM], (Kind::Float, Device::Cpu)) * NOISE;
