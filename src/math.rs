@@ -80,19 +80,15 @@
 //! ```
 //!
 //! so `logsumexp(z') = m + log(sum_j e_j M_j C_j)` (`M_y = C_y = 1`, as
-//! `threshold >= z_y`). For `q` in {0, 1, 2} (the defaults) one pass sums
-//! `e_j` and keeps it in a row buffer, and a second pass over that buffer
-//! sums `e_j M_j C_j` by multiplication alone: one exponential per logit.
-//! For other `q`, `C_j = exp(q (z_j - threshold))` where `z_j > threshold`;
-//! that needs `s_j > max(s_y, eps) >= eps`, so at most `1 / eps` classes of a
-//! row are compensated (under 100 at the default `eps`). The pass then sums
-//! `e_j` and `e_j M_j` together, and adds `e_j M_j (C_j - 1)` only in the
-//! vectors where a compare finds such a class. Between the passes of a call
-//! the row stays in the core's L1 cache: the CPU's counterpart of the
-//! kernels holding it in registers.
+//! `threshold >= z_y`). One pass sums `e_j` and keeps it in a row buffer,
+//! and a second pass over that buffer sums `e_j M_j C_j` by multiplication
+//! alone: one exponential per logit. Between the passes of a call the row
+//! stays in the core's L1 cache: the CPU's counterpart of the kernels
+//! holding it in registers.
 //!
-//! [`PoweredCounts::new`] takes this path only where nothing can overflow or
-//! underflow: `q * -log(eps) <= 60` (so `C_j <= e^60`) and
+//! [`PoweredCounts::new`] takes this path only for `q` in {0, 1, 2} (the
+//! defaults use 2) and where nothing can overflow or underflow:
+//! `q * -log(eps) <= 60` (so `C_j <= e^60`) and
 //! `p * max log n <= 60` (so `1 <= P_j <= e^60` and `M_j >= e^-60`); the
 //! defaults qualify whatever the counts (`log n <= 43.7` in int64). Other
 //! calls use [`class_forward`], which adds the adjustments in the exponent
@@ -171,15 +167,6 @@ fn non_negative(loss: f32) -> f32 {
     }
 }
 
-#[inline(always)]
-fn min0(x: f32) -> f32 {
-    if x < 0.0 {
-        x
-    } else {
-        0.0
-    }
-}
-
 /// `log M_j + log C_j` for the negatives of one row: `p min(0, log n_j - log
 /// n_y) + q max(0, (z_j - lse) - rel_self)`. Written as `p min(0, .)` rather
 /// than `min(0, p .)` so that `q = 0` stays 0 against a `-inf` logit.
@@ -209,17 +196,23 @@ impl Adjustment {
         }
     }
 
-    /// `z'_j` of a negative class.
+    /// `z'_j` per lane. The label's lane comes out as `z_y`: its
+    /// mitigation is `p min(0, 0)` and its compensation `q max(0, z_y -
+    /// threshold)` is 0, as `threshold >= z_y`. On [`pulp::Scalar`] this is
+    /// the one-logit form.
     #[inline(always)]
-    fn adjusted(&self, z_j: f32, log_n_j: f32) -> f32 {
-        z_j + self.p * min0(log_n_j - self.log_n_y) + self.q * max0(z_j - self.threshold)
+    fn adjusted<S: Simd>(&self, simd: S, z: S::f32s, log_n: S::f32s) -> S::f32s {
+        let zero = simd.splat_f32s(0.0);
+        let mitigation = simd.min_f32s(simd.sub_f32s(log_n, simd.splat_f32s(self.log_n_y)), zero);
+        let compensation = lanes::above_zero(simd, simd.sub_f32s(z, simd.splat_f32s(self.threshold)));
+        let adjusted = simd.mul_add_f32s(simd.splat_f32s(self.p), mitigation, z);
+        simd.mul_add_f32s(simd.splat_f32s(self.q), compensation, adjusted)
     }
 }
 
 /// `scale * exp(z'_j - shift)` per lane, `z'` the adjusted logits of an
 /// [`Adjustment`] and `w` the log-count table; the label's lane comes out
-/// as `exp(z_y - shift)`, as its adjustments are 0 (`log n_j = log n_y`,
-/// `z_y <= threshold`).
+/// as `exp(z_y - shift)`.
 #[derive(Clone, Copy)]
 struct AdjustedExp {
     adj: Adjustment,
@@ -236,13 +229,7 @@ impl AdjustedExp {
 impl<S: Simd> LaneMap<S> for AdjustedExp {
     #[inline(always)]
     fn apply(self, simd: S, z: S::f32s, log_n: S::f32s) -> S::f32s {
-        let zero = simd.splat_f32s(0.0);
-        let a = &self.adj;
-        let mitigation = simd.min_f32s(simd.sub_f32s(log_n, simd.splat_f32s(a.log_n_y)), zero);
-        let compensation = lanes::above_zero(simd, simd.sub_f32s(z, simd.splat_f32s(a.threshold)));
-        let adjusted = simd.mul_add_f32s(simd.splat_f32s(a.p), mitigation, z);
-        let adjusted = simd.mul_add_f32s(simd.splat_f32s(a.q), compensation, adjusted);
-        let x = simd.sub_f32s(adjusted, simd.splat_f32s(self.shift));
+        let x = simd.sub_f32s(self.adj.adjusted(simd, z, log_n), simd.splat_f32s(self.shift));
         simd.mul_f32s(exp(simd, x), simd.splat_f32s(self.scale))
     }
 }
@@ -260,12 +247,22 @@ impl<S: Simd> LaneMap<S> for ShiftedExp {
     }
 }
 
-/// Row maximum and `lse`, with an all `-inf` (or empty) row's maximum taken
-/// as 0 so that the shifts stay finite.
+/// The row maximum `m`, with an all `-inf` (or empty) row's taken as 0 so
+/// that the shifts stay finite.
+#[inline(always)]
+fn row_max<S: Simd>(simd: S, z: &[f32]) -> f32 {
+    let m = lanes::max(simd, z);
+    if m == f32::NEG_INFINITY {
+        0.0
+    } else {
+        m
+    }
+}
+
+/// Row maximum and `lse`.
 #[inline(always)]
 fn max_and_lse<S: Simd>(simd: S, z: &[f32]) -> (f32, f32) {
-    let m = lanes::max(simd, z);
-    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+    let m = row_max(simd, z);
     let total = lanes::sum(simd, ShiftedExp { shift: m }, z, z);
     (m, m + total.ln())
 }
@@ -287,11 +284,11 @@ pub(crate) fn class_forward<S: Simd>(
     let mut sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts);
     if sum < UNDERFLOW {
         // Only with extreme exponents: sum again against the exact maximum.
+        let one = pulp::Scalar::new();
         let exact = z
             .iter()
             .zip(log_counts)
-            .enumerate()
-            .map(|(j, (&zj, &nj))| if j == label { zj } else { adj.adjusted(zj, nj) })
+            .map(|(&zj, &nj)| adj.adjusted(one, zj, nj))
             .fold(f32::NEG_INFINITY, f32::max);
         if exact > f32::NEG_INFINITY {
             shift = exact;
@@ -328,10 +325,10 @@ pub(crate) fn class_grad<S: Simd>(
 }
 
 /// Per-call constants of [`class_forward_powered`]: `P_j = n_j^p` for every
-/// class, and `q` when it is a small integer.
+/// class, and `q`.
 pub(crate) struct PoweredCounts {
     powered: Vec<f32>,
-    q: Option<SmallQ>,
+    q: SmallQ,
 }
 
 /// `q` in {0, 1, 2}: `C_j = (e_j k)^q` by multiplication.
@@ -363,6 +360,12 @@ impl PoweredCounts {
     /// documentation); the caller then uses [`class_forward`].
     #[inline(always)]
     pub(crate) fn new<S: Simd>(simd: S, params: &SeesawParams, log_counts: &[f32]) -> Option<PoweredCounts> {
+        let q = match params.q {
+            0.0 => SmallQ::Zero,
+            1.0 => SmallQ::One,
+            2.0 => SmallQ::Two,
+            _ => return None,
+        };
         let compensation = params.q * -params.log_eps;
         let mitigation = params.p * lanes::max(simd, log_counts).max(0.0);
         if !(compensation <= Self::LIMIT && mitigation <= Self::LIMIT && params.p >= 0.0) {
@@ -371,57 +374,7 @@ impl PoweredCounts {
         let mut powered = vec![0.0; log_counts.len()];
         let power = Power { p: params.p };
         lanes::store(simd, power, log_counts, log_counts, &mut powered);
-        let q = match params.q {
-            0.0 => Some(SmallQ::Zero),
-            1.0 => Some(SmallQ::One),
-            2.0 => Some(SmallQ::Two),
-            _ => None,
-        };
         Some(PoweredCounts { powered, q })
-    }
-}
-
-/// `(exp(z_j - m), exp(z_j - m) * min(1, P_j / P_y))` per lane.
-#[derive(Clone, Copy)]
-struct MitigatedExp {
-    shift: f32,
-    inv_p_y: f32,
-}
-
-impl<S: Simd> lanes::PairMap<S> for MitigatedExp {
-    #[inline(always)]
-    fn apply(self, simd: S, z: S::f32s, powered: S::f32s) -> (S::f32s, S::f32s) {
-        let e = exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)));
-        let m = simd.min_f32s(
-            simd.mul_f32s(powered, simd.splat_f32s(self.inv_p_y)),
-            simd.splat_f32s(1.0),
-        );
-        (e, simd.mul_f32s(e, m))
-    }
-}
-
-/// `exp(z_j - m) * min(1, P_j / P_y) * (exp(q (z_j - threshold)) - 1)` per
-/// lane, from the logits: what a compensated class adds to
-/// [`MitigatedExp`]'s second sum, for any `q`.
-#[derive(Clone, Copy)]
-struct Compensation {
-    shift: f32,
-    inv_p_y: f32,
-    q: f32,
-    threshold: f32,
-}
-
-impl<S: Simd> LaneMap<S> for Compensation {
-    #[inline(always)]
-    fn apply(self, simd: S, z: S::f32s, powered: S::f32s) -> S::f32s {
-        let e = exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)));
-        let m = simd.min_f32s(
-            simd.mul_f32s(powered, simd.splat_f32s(self.inv_p_y)),
-            simd.splat_f32s(1.0),
-        );
-        let above = simd.sub_f32s(z, simd.splat_f32s(self.threshold));
-        let c = exp(simd, simd.mul_f32s(above, simd.splat_f32s(self.q)));
-        simd.mul_f32s(simd.mul_f32s(e, m), simd.sub_f32s(c, simd.splat_f32s(1.0)))
     }
 }
 
@@ -451,9 +404,8 @@ impl<S: Simd> LaneMap<S> for PoweredTerm {
     }
 }
 
-/// [`class_forward`] with one exponential per logit and the compensated
-/// classes added where a compare finds them (module documentation, "The
-/// CPU mirror"). `scratch` is at least as long as `z`; it receives
+/// [`class_forward`] with one exponential per logit (module documentation,
+/// "The CPU mirror"). `scratch` is at least as long as `z`; it receives
 /// `exp(z_j - m)`.
 #[inline(always)]
 pub(crate) fn class_forward_powered<S: Simd>(
@@ -464,42 +416,25 @@ pub(crate) fn class_forward_powered<S: Simd>(
     label: usize,
     scratch: &mut [f32],
 ) -> (f32, RowStats) {
-    let m = lanes::max(simd, z);
-    let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
-    let inv_p_y = 1.0 / powered.powered[label];
+    let m = row_max(simd, z);
     let z_y = z[label];
-    let p = &powered.powered;
-    let (lse, sum) = match powered.q {
-        Some(q) => {
-            // Keeps `e_j` for the second pass, which needs no exponential.
-            let e = &mut scratch[..z.len()];
-            let lse = m + lanes::sum_keeping(simd, ShiftedExp { shift: m }, z, z, e).ln();
-            let adj = Adjustment::new(params, lse, z_y, 0.0);
-            let k = match q {
-                SmallQ::Zero => 0.0,
-                _ => (m - adj.threshold).exp(),
-            };
-            (lse, lanes::sum(simd, PoweredTerm { inv_p_y, k, q }, e, p))
-        }
-        None => {
-            let map = MitigatedExp { shift: m, inv_p_y };
-            let (total, mut sum) = lanes::sum_pair(simd, map, z, p);
-            let lse = m + total.ln();
-            let adj = Adjustment::new(params, lse, z_y, 0.0);
-            let compensation = Compensation {
-                shift: m,
-                inv_p_y,
-                q: params.q,
-                threshold: adj.threshold,
-            };
-            sum += lanes::sum_above(simd, compensation, z, p, adj.threshold);
-            (lse, sum)
-        }
+    // Keeps `e_j` for the second pass, which needs no exponential.
+    let e = &mut scratch[..z.len()];
+    let lse = m + lanes::sum_keeping(simd, ShiftedExp { shift: m }, z, z, e).ln();
+    let adj = Adjustment::new(params, lse, z_y, 0.0);
+    let k = match powered.q {
+        SmallQ::Zero => 0.0,
+        _ => (m - adj.threshold).exp(),
+    };
+    let term = PoweredTerm {
+        inv_p_y: 1.0 / powered.powered[label],
+        k,
+        q: powered.q,
     };
     let stats = RowStats {
         max: m,
         lse: lse - m,
-        adjusted: sum.ln(),
+        adjusted: lanes::sum(simd, term, e, &powered.powered).ln(),
     };
     (non_negative(stats.loss(z_y)), stats)
 }
@@ -594,13 +529,18 @@ mod tests {
             let c = 1203;
             let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
             let params = SeesawParams::constants(p, q, eps.ln());
-            let powered = PoweredCounts::new(simd, &params, &log_counts).expect("safe exponents");
+            // q = 1.5 has no powered pass: the general one is checked alone.
+            let powered = PoweredCounts::new(simd, &params, &log_counts);
+            assert_eq!(powered.is_some(), q != 1.5, "the powered pass for q in {{0, 1, 2}}");
             let mut grad = vec![0.0f32; c];
             for (r, (z, label)) in rows(c).into_iter().enumerate() {
                 let (want, want_grad) = reference_row(p as f64, q as f64, eps as f64, &z, label, &log_counts);
                 let (general, general_stats) = class_forward(simd, &params, &z, label, &log_counts);
                 let mut scratch = vec![0.0; c];
-                let (fast, fast_stats) = class_forward_powered(simd, &params, &powered, &z, label, &mut scratch);
+                let (fast, fast_stats) = match &powered {
+                    Some(powered) => class_forward_powered(simd, &params, powered, &z, label, &mut scratch),
+                    None => (general, general_stats),
+                };
                 // The loss is `lse' - z_y`: f32 rounds `lse'` to its own
                 // magnitude, so the bound is a few roundings of that.
                 let z_y = z[label] as f64;
@@ -639,7 +579,10 @@ mod tests {
         fn with_simd<S: Simd>(self, simd: S) {
             let log_counts: Vec<f32> = (0..1203).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
             let eps = (1e-2f32).ln();
-            assert!(PoweredCounts::new(simd, &SeesawParams::constants(0.8, 1.5, eps), &log_counts).is_some());
+            assert!(PoweredCounts::new(simd, &SeesawParams::constants(0.8, 1.5, eps), &log_counts).is_none());
+            for q in [0.0, 1.0, 2.0] {
+                assert!(PoweredCounts::new(simd, &SeesawParams::constants(0.8, q, eps), &log_counts).is_some());
+            }
             let steep = SeesawParams::constants(9.0, 2.0, eps);
             assert!(PoweredCounts::new(simd, &steep, &log_counts).is_none());
             let sharp = SeesawParams::constants(0.8, 20.0, eps);

@@ -127,14 +127,11 @@ pub(crate) fn max<S: Simd>(simd: S, z: &[f32]) -> f32 {
         let v = simd.select_f32s(tail_mask(simd, tail.len()), simd.partial_load_f32s(tail), low);
         acc[1] = keep_max(simd, acc[1], v);
     }
-    let acc = keep_max(simd, keep_max(simd, acc[0], acc[1]), keep_max(simd, acc[2], acc[3]));
-    // The lanes in a fixed order.
-    let mut lanes = [f32::NEG_INFINITY; 64];
-    let (out, _) = S::as_mut_simd_f32s(&mut lanes[..S::F32_LANES]);
-    out[0] = acc;
-    lanes[..S::F32_LANES]
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    simd.reduce_max_f32s(keep_max(
+        simd,
+        keep_max(simd, acc[0], acc[1]),
+        keep_max(simd, acc[2], acc[3]),
+    ))
 }
 
 /// `max(acc, v)` per lane, one instruction. Where `v` is NaN, x86 and the
@@ -158,89 +155,55 @@ fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
     simd.reduce_sum_f32s(acc)
 }
 
-/// Two per-lane functions of the same inputs, computed together: what
-/// [`sum_pair`] adds up.
-pub(crate) trait PairMap<S: Simd>: Copy {
-    fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> (S::f32s, S::f32s);
-}
-
-/// A [`LaneMap`] as a [`PairMap`] whose second value is `-0.0`, which
-/// leaves a sum as it is: the compiler drops that sum altogether.
-#[derive(Clone, Copy)]
-struct First<M>(M);
-
-impl<S: Simd, M: LaneMap<S>> PairMap<S> for First<M> {
-    #[inline(always)]
-    fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> (S::f32s, S::f32s) {
-        (self.0.apply(simd, z, w), simd.splat_f32s(-0.0))
-    }
-}
-
-/// The one loop behind the sums: both sums of `map` over two equally long
-/// slices and, when `KEEP`, the first value of every lane in `kept`.
+/// The one loop behind the sums: `sum_j map(z_j, w_j)` over two equally
+/// long slices and, when `KEEP`, every `map(z_j, w_j)` in `kept`.
 #[inline(always)]
-fn fold<S: Simd, M: PairMap<S>, const KEEP: bool>(
-    simd: S,
-    map: M,
-    z: &[f32],
-    w: &[f32],
-    kept: &mut [f32],
-) -> (f32, f32) {
+fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(simd: S, map: M, z: &[f32], w: &[f32], kept: &mut [f32]) -> f32 {
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (kh, kt) = S::as_mut_simd_f32s(if KEEP { &mut kept[..z.len()] } else { &mut [] });
     let zero = simd.splat_f32s(0.0);
-    let (mut first, mut second) = ([zero; ACCUMULATORS], [zero; ACCUMULATORS]);
+    let mut acc = [zero; ACCUMULATORS];
     let (zq, wq) = (zh.chunks_exact(ACCUMULATORS), wh.chunks_exact(ACCUMULATORS));
     let (zr, wr) = (zq.remainder(), wq.remainder());
     for (i, (zs, ws)) in zq.zip(wq).enumerate() {
         for k in 0..ACCUMULATORS {
-            let (a, b) = map.apply(simd, zs[k], ws[k]);
+            let v = map.apply(simd, zs[k], ws[k]);
             if KEEP {
-                kh[i * ACCUMULATORS + k] = a;
+                kh[i * ACCUMULATORS + k] = v;
             }
-            first[k] = simd.add_f32s(first[k], a);
-            second[k] = simd.add_f32s(second[k], b);
+            acc[k] = simd.add_f32s(acc[k], v);
         }
     }
     let done = zh.len() - zr.len();
     for (k, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
-        let (a, b) = map.apply(simd, zv, wv);
+        let v = map.apply(simd, zv, wv);
         if KEEP {
-            kh[done + k] = a;
+            kh[done + k] = v;
         }
-        first[k] = simd.add_f32s(first[k], a);
-        second[k] = simd.add_f32s(second[k], b);
+        acc[k] = simd.add_f32s(acc[k], v);
     }
     if !zt.is_empty() {
-        let (a, b) = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
+        let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
         if KEEP {
-            simd.partial_store_f32s(kt, a);
+            simd.partial_store_f32s(kt, v);
         }
-        let mask = tail_mask(simd, zt.len());
         let k = zr.len();
-        first[k] = simd.add_f32s(first[k], simd.select_f32s(mask, a, zero));
-        second[k] = simd.add_f32s(second[k], simd.select_f32s(mask, b, zero));
+        acc[k] = simd.add_f32s(acc[k], simd.select_f32s(tail_mask(simd, zt.len()), v, zero));
     }
-    (total(simd, first), total(simd, second))
+    total(simd, acc)
 }
 
 /// `sum_j map(z_j, w_j)` over two equally long slices.
 #[inline(always)]
 pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32]) -> f32 {
-    fold::<S, _, false>(simd, First(map), z, w, &mut []).0
+    fold::<S, M, false>(simd, map, z, w, &mut [])
 }
 
 /// [`sum`], keeping every `map(z_j, w_j)` in `kept` for a later pass.
 #[inline(always)]
 pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], kept: &mut [f32]) -> f32 {
-    fold::<S, _, true>(simd, First(map), z, w, kept).0
-}
-
-/// Both sums of a [`PairMap`] over two equally long slices, in one pass.
-#[inline(always)]
-pub(crate) fn sum_pair<S: Simd, M: PairMap<S>>(simd: S, map: M, z: &[f32], w: &[f32]) -> (f32, f32) {
-    fold::<S, _, false>(simd, map, z, w, &mut [])
+    fold::<S, M, true>(simd, map, z, w, kept)
 }
 
 /// `out_j = map(z_j, w_j)` over three equally long slices.
@@ -256,34 +219,6 @@ pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32
         let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
         simd.partial_store_f32s(ot, v);
     }
-}
-
-/// `sum_j map(z_j, w_j)` over the `j` with `z_j > threshold` only: one
-/// compare per vector, and `map` only in the vectors that have such a `j`.
-#[inline(always)]
-pub(crate) fn sum_above<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], threshold: f32) -> f32 {
-    let bound = simd.splat_f32s(threshold);
-    let (zh, zt) = S::as_simd_f32s(z);
-    let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
-    let mut acc = simd.splat_f32s(0.0);
-    for (&zv, &wv) in zh.iter().zip(wh) {
-        acc = add_where(simd, map, acc, simd.greater_than_f32s(zv, bound), zv, wv);
-    }
-    if !zt.is_empty() {
-        let zv = simd.partial_load_f32s(zt);
-        let mask = simd.and_m32s(simd.greater_than_f32s(zv, bound), tail_mask(simd, zt.len()));
-        acc = add_where(simd, map, acc, mask, zv, simd.partial_load_f32s(wt));
-    }
-    simd.reduce_sum_f32s(acc)
-}
-
-/// `acc + map(z, w)` in the lanes of `mask`; `map` is skipped when no lane is.
-#[inline(always)]
-fn add_where<S: Simd, M: LaneMap<S>>(simd: S, map: M, acc: S::f32s, mask: S::m32s, z: S::f32s, w: S::f32s) -> S::f32s {
-    if simd.first_true_m32s(mask) == S::F32_LANES {
-        return acc;
-    }
-    simd.add_f32s(acc, simd.select_f32s(mask, map.apply(simd, z, w), simd.splat_f32s(0.0)))
 }
 
 #[cfg(test)]
