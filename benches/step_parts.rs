@@ -1,0 +1,95 @@
+//! Where a CPU training step's time goes: the fused step, its loss pass
+//! alone, `forward_backward`, cross-entropy's step and loss, and plain
+//! memory operations over a tensor of the logits' size (one read; one fresh
+//! write; one read and one write, into an existing tensor and into a fresh
+//! one). The operations alternate round by round in one process, so a
+//! machine that slows down slows all of them alike; medians are reported.
+//!
+//! `cargo bench --bench step_parts` measures LVIS detection at N = 4096;
+//! `cargo bench --bench step_parts -- imagenet-lt:4096` picks a shape
+//! (`name:rows`, from `benches/common`). `SEESAW_BENCH_QUICK=1` takes few
+//! rounds (a smoke run).
+
+mod common;
+
+use common::SHAPES;
+use seesaw_loss::{Backend, SeesawLoss};
+use std::time::{Duration, Instant};
+use tch::{nn, Device, Kind};
+
+/// The operations measured, in the order each round runs them.
+const PARTS: [&str; 9] = [
+    "fused step (forward, backward through autograd)",
+    "fused loss pass alone (no_grad)",
+    "forward_backward (both passes per row, no autograd)",
+    "cross-entropy step",
+    "cross-entropy loss alone (no_grad)",
+    "reading the logits once (sum)",
+    "writing a fresh tensor (empty_like().fill_)",
+    "copy_ into an existing tensor",
+    "copy() into a fresh tensor",
+];
+
+fn main() {
+    let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let pick = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| "lvis-det:4096".into());
+    let shape = SHAPES
+        .iter()
+        .find(|s| format!("{}:{}", s.name, s.rows) == pick)
+        .unwrap_or_else(|| panic!("no shape {pick} in benches/common (name:rows)"));
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
+    let (scores, labels) = shape.inputs(1, Kind::Float, Device::Cpu).swap_remove(0);
+    let mut target = scores.copy();
+    let (warm_up, rounds) = if quick { (2, 5) } else { (20, 380) };
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); PARTS.len()];
+    for round in 0..warm_up + rounds {
+        for (part, samples) in times.iter_mut().enumerate() {
+            let start = Instant::now();
+            match part {
+                0 => {
+                    let x = scores.detach().set_requires_grad(true);
+                    let out = loss.forward(&x, &labels, None, None).expect("a valid call");
+                    out.total().backward();
+                }
+                1 => drop(tch::no_grad(|| {
+                    loss.forward(&scores, &labels, None, None).expect("a valid call")
+                })),
+                2 => drop(
+                    loss.forward_backward(&scores, &labels, None, None)
+                        .expect("a valid call"),
+                ),
+                3 => {
+                    let x = scores.detach().set_requires_grad(true);
+                    x.cross_entropy_for_logits(&labels).backward();
+                }
+                4 => drop(tch::no_grad(|| scores.cross_entropy_for_logits(&labels))),
+                5 => drop(scores.sum(Kind::Float)),
+                6 => drop(scores.empty_like().fill_(1.0)),
+                7 => target.copy_(&scores),
+                _ => drop(scores.copy()),
+            }
+            if round >= warm_up {
+                samples.push(start.elapsed());
+            }
+        }
+    }
+    println!(
+        "{}/N={} ({} rounds, {} threads), medians:",
+        shape.name,
+        shape.rows,
+        rounds,
+        tch::get_num_threads()
+    );
+    for (name, mut samples) in PARTS.iter().zip(times) {
+        samples.sort();
+        println!(
+            "  {name:<52} {:>9.1} us",
+            samples[samples.len() / 2].as_secs_f64() * 1e6
+        );
+    }
+}
