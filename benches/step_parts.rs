@@ -12,7 +12,6 @@
 
 mod common;
 
-use common::SHAPES;
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
 use tch::{nn, Device, Kind};
@@ -36,10 +35,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with("--"))
         .unwrap_or_else(|| "lvis-det:4096".into());
-    let shape = SHAPES
-        .iter()
-        .find(|s| format!("{}:{}", s.name, s.rows) == pick)
-        .unwrap_or_else(|| panic!("no shape {pick} in benches/common (name:rows)"));
+    let shape = common::named(&pick);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Shape, SHAPES};
+use common::Shape;
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
 use tch::{nn, Device, Kind, Tensor};
@@ -68,10 +68,7 @@ fn main() {
         picks = vec!["lvis-det:4096".into(), "lvis-det:16".into()];
     }
     for pick in picks {
-        let shape = SHAPES
-            .iter()
-            .find(|s| format!("{}:{}", s.name, s.rows) == pick)
-            .unwrap_or_else(|| panic!("no shape {pick} in benches/common (name:rows)"));
+        let shape = common::named(&pick);
         // About two seconds of steps per shape, at least 20 pairs.
         let per_pair = (shape.rows * shape.width()) as f64 * 1.5e-9;
         let samples = if quick {

@@ -45,6 +45,15 @@ pub const GPU_SHAPES: &[Shape] = &[
     shape("vocab-8k", false, 8192, 2048),
 ];
 
+/// The shape of [`SHAPES`] a command line names as `name:rows`
+/// (`lvis-det:4096`); panics with the format when there is none.
+pub fn named(pick: &str) -> &'static Shape {
+    SHAPES
+        .iter()
+        .find(|s| format!("{}:{}", s.name, s.rows) == pick)
+        .unwrap_or_else(|| panic!("no shape {pick} in benches/common (name:rows)"))
+}
+
 /// The LVIS shape the GPU targets are set at: C = 1203, N = 8192.
 pub fn lvis_8192() -> &'static Shape {
     SHAPES

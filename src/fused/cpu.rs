@@ -269,6 +269,15 @@ impl Host<'_> {
         &self.logits[r * self.width..(r + 1) * self.width]
     }
 
+    /// Called as row `r` of a block ending at `end` starts: asks for the
+    /// next row of the block ([`prefetch_row`]).
+    #[inline(always)]
+    fn prefetch_next(&self, r: usize, end: usize) {
+        if r + 1 < end {
+            prefetch_row(self.row(r + 1));
+        }
+    }
+
     /// The row's label when the batch is good and the label in range for
     /// the head. Labels are checked before any pass runs; this only keeps a
     /// bad one from indexing out of bounds.
@@ -571,9 +580,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            if r + 1 < end {
-                prefetch_row(host.row(r + 1));
-            }
+            host.prefetch_next(r, end);
             let scale = host.scale(r);
             let (loss, stats, objectness) = match host.label(r) {
                 None => (f32::NAN, RowStats::NAN, f32::NAN),
@@ -641,9 +648,7 @@ impl pulp::WithSimd for BackwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            if r + 1 < end {
-                prefetch_row(host.row(r + 1));
-            }
+            host.prefetch_next(r, end);
             // SAFETY: row r belongs to this thread.
             let g = unsafe { targets.grad_row(r, host.width) };
             let Some(label) = host.label(r) else {
