@@ -21,7 +21,7 @@ use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
 use crate::math::{
-    class_forward, class_forward_powered, class_grad, dispatch, objectness_row, PoweredCounts, RowStats,
+    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Objectness, PoweredCounts, RowStats,
 };
 use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
@@ -269,12 +269,15 @@ impl Host<'_> {
         &self.logits[r * self.width..(r + 1) * self.width]
     }
 
-    /// Called as row `r` of a block ending at `end` starts: asks for the
-    /// next row of the block ([`prefetch_row`]).
+    /// The row after `r` in a block ending at `end` (empty at the end),
+    /// whose cache lines a row pass asks for while it works on `r`
+    /// ([`crate::math`]'s passes; [`prefetch_row`] for rows without one).
     #[inline(always)]
-    fn prefetch_next(&self, r: usize, end: usize) {
+    fn next_row(&self, r: usize, end: usize) -> &[f32] {
         if r + 1 < end {
-            prefetch_row(self.row(r + 1));
+            self.row(r + 1)
+        } else {
+            &[]
         }
     }
 
@@ -375,6 +378,7 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
             powered: powered.as_ref(),
             rows,
             targets: &targets,
+            grad: None,
         })
     });
     let (classes, objectness) = reduced(&host, out)?;
@@ -411,8 +415,10 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     as_contiguous(&grad, call.scores.kind())
 }
 
-/// Both passes back to back on each row (the row is still in cache for the
-/// second): the reduced parts, and the gradient of their total.
+/// The loss pass with each row's gradient written while the row is in
+/// cache (from the loss pass's own terms where the powered pass runs, so one
+/// exponential per logit): the reduced parts, and the gradient of their
+/// total.
 pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let _guard = tch::no_grad_guard();
     let inputs = Inputs::of(call)?;
@@ -429,22 +435,14 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: as in `forward`.
     let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
-    let stats_in = StatsPtr(targets.stats);
     let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
-        // Each thread reads back only the stats of its own rows.
         dispatch(ForwardBlock {
             host: &host,
             powered: powered.as_ref(),
-            rows: rows.clone(),
-            targets: &targets,
-        });
-        dispatch(BackwardBlock {
-            host: &host,
             rows,
-            stats: &stats_in,
-            up: &up,
             targets: &targets,
+            grad: Some(&up),
         })
     });
     let (classes, objectness) = reduced(&host, out)?;
@@ -550,13 +548,16 @@ thread_local! {
 }
 
 /// The loss pass over a block of rows, compiled for the instruction set
-/// `dispatch` picks.
+/// `dispatch` picks; with `grad`, each row's gradient too, while the row is
+/// in cache.
 struct ForwardBlock<'a> {
     host: &'a Host<'a>,
     /// The powered table, when the call allows the powered passes.
     powered: Option<&'a PoweredCounts>,
     rows: Range<usize>,
     targets: &'a Targets,
+    /// The upstream multipliers of the gradient to write, when one is.
+    grad: Option<&'a HostUpstream<'a>>,
 }
 
 impl pulp::WithSimd for ForwardBlock<'_> {
@@ -569,6 +570,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
             powered,
             rows,
             targets,
+            grad,
         } = self;
         let c = host.classes;
         // Taken out of the thread's slot and put back: the row loop must not
@@ -580,23 +582,59 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            host.prefetch_next(r, end);
+            let next = host.next_row(r, end);
             let scale = host.scale(r);
+            // SAFETY: row r belongs to this thread.
+            let mut g = grad.map(|up| (unsafe { targets.grad_row(r, host.width) }, up));
             let (loss, stats, objectness) = match host.label(r) {
-                None => (f32::NAN, RowStats::NAN, f32::NAN),
+                None => {
+                    prefetch_row(next);
+                    if let Some((g, _)) = g {
+                        g.fill(0.0);
+                    }
+                    (f32::NAN, RowStats::NAN, f32::NAN)
+                }
                 Some(label) => {
                     let (loss, stats) = if label < c {
+                        let class_part = g.as_mut().map(|(g, up)| {
+                            let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
+                            (&mut g[..c], class_scale)
+                        });
                         match powered {
-                            Some(powered) => {
-                                class_forward_powered(simd, &host.params, powered, &z[..c], label, &mut scratch)
+                            Some(powered) => class_forward_powered(
+                                simd,
+                                &host.params,
+                                powered,
+                                &z[..c],
+                                label,
+                                &mut scratch,
+                                class_part,
+                                next,
+                            ),
+                            None => {
+                                let params = &host.params;
+                                let (loss, stats) = class_forward(simd, params, &z[..c], label, host.log_counts, next);
+                                if let Some((g_cls, class_scale)) = class_part {
+                                    let counts = host.log_counts;
+                                    class_grad(simd, params, &z[..c], label, counts, stats, class_scale, g_cls, &[]);
+                                }
+                                (loss, stats)
                             }
-                            None => class_forward(simd, &host.params, &z[..c], label, host.log_counts),
                         }
                     } else {
+                        prefetch_row(next);
+                        if let Some((g, _)) = g.as_mut() {
+                            g[..c].fill(0.0);
+                        }
                         (0.0, RowStats::NAN)
                     };
                     let objectness = if host.detection {
-                        objectness_row(z[c], z[c + 1], label == c, None)
+                        let pair = Objectness::new(z[c], z[c + 1], label == c);
+                        if let Some((g, up)) = g {
+                            let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
+                            pair.write_grad(&mut g[c..], obj_scale);
+                        }
+                        pair.loss()
                     } else {
                         0.0
                     };
@@ -648,10 +686,11 @@ impl pulp::WithSimd for BackwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            host.prefetch_next(r, end);
+            let next = host.next_row(r, end);
             // SAFETY: row r belongs to this thread.
             let g = unsafe { targets.grad_row(r, host.width) };
             let Some(label) = host.label(r) else {
+                prefetch_row(next);
                 g.fill(0.0);
                 continue;
             };
@@ -670,42 +709,19 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                     row_stats,
                     class_scale,
                     g_cls,
+                    next,
                 );
             } else {
+                prefetch_row(next);
                 g_cls.fill(0.0);
             }
             if host.detection {
                 let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
-                objectness_row(z[c], z[c + 1], label == c, Some((g_obj, obj_scale)));
+                Objectness::new(z[c], z[c + 1], label == c).write_grad(g_obj, obj_scale);
             }
         }
     }
 }
-
-/// Asks for `row`'s cache lines ahead of its passes. After a row's first
-/// pass the passes are arithmetic on the row in L1, which miss nowhere, so
-/// the hardware prefetcher (trained by misses) has stopped by the time the
-/// next row starts, and that row's first pass would wait on memory. Asking
-/// for the next row at the start of this one overlaps its memory time with
-/// this row's arithmetic (at LVIS's 4096 x 1205 the loss pass drops
-/// from about 960 to 770 us on 2 cores, benches/RESULTS.md). A hint only: on
-/// other processors it is nothing.
-#[inline(always)]
-fn prefetch_row(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(CACHE_LINE_F32) {
-        // SAFETY: a prefetch never faults, and SSE is part of x86_64.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}
-
-/// f32 values per 64-byte cache line.
-#[cfg(target_arch = "x86_64")]
-const CACHE_LINE_F32: usize = 16;
 
 /// # Safety
 /// `t` must be a contiguous CPU tensor of `len` elements of type `T`.

@@ -77,12 +77,20 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
 }
 
-/// `max(x, low)` per lane with NaN kept: a lane is replaced only when it
-/// compares below `low`, which NaN never does.
+/// `max(x, low)` per lane with NaN kept. In vector code one `max` with `x`
+/// second: x86's `maxps` returns its second operand when either is NaN, and
+/// NEON's `fmax` returns NaN. The scalar fallback's `f32::max` would drop
+/// the NaN, so there a lane is replaced only when it compares below `low`,
+/// which NaN never does (`exp_is_within_a_rounding_on_every_arch` checks
+/// NaN on each instruction set).
 #[inline(always)]
 fn clamp_below<S: Simd>(simd: S, x: S::f32s, low: f32) -> S::f32s {
     let low = simd.splat_f32s(low);
-    simd.select_f32s(simd.less_than_f32s(x, low), low, x)
+    if S::IS_SCALAR {
+        simd.select_f32s(simd.less_than_f32s(x, low), low, x)
+    } else {
+        simd.max_f32s(low, x)
+    }
 }
 
 /// `max(x, 0)` per lane.
@@ -155,10 +163,59 @@ fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
     simd.reduce_sum_f32s(acc)
 }
 
-/// The one loop behind the sums: `sum_j map(z_j, w_j)` over two equally
-/// long slices and, when `KEEP`, every `map(z_j, w_j)` in `kept`.
+/// f32 values per 64-byte cache line.
+const LINE: usize = 16;
+
+/// Asks for the cache line that holds `ahead[at]`, when there is one; a hint
+/// that never faults (nothing off x86-64).
 #[inline(always)]
-fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(simd: S, map: M, z: &[f32], w: &[f32], kept: &mut [f32]) -> f32 {
+fn prefetch_at(ahead: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(value) = ahead.get(at) {
+        // SAFETY: a prefetch never faults, and SSE is part of x86_64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const f32).cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ahead, at);
+}
+
+/// Asks for the lines of `ahead[from..]`: what a loop over a shorter row
+/// has not asked for yet.
+#[inline(always)]
+pub(crate) fn prefetch_from(ahead: &[f32], from: usize) {
+    for at in (from..ahead.len()).step_by(LINE) {
+        prefetch_at(ahead, at);
+    }
+    // The last value's line, which a step of one line can miss when the
+    // row does not start on a line.
+    prefetch_at(ahead, ahead.len().wrapping_sub(1));
+}
+
+/// Asks for the lines that start in `ahead[from..from + len]` (counted from
+/// the row's start), `len` a loop step's values: one request per line
+/// whatever the vector width.
+#[inline(always)]
+fn prefetch_step(ahead: &[f32], from: usize, len: usize) {
+    for at in (from.next_multiple_of(LINE)..from + len).step_by(LINE) {
+        prefetch_at(ahead, at);
+    }
+}
+
+/// The one loop behind the sums: `sum_j map(z_j, w_j)` over two equally
+/// long slices and, when `KEEP`, every `map(z_j, w_j)` in `kept`. As it
+/// walks `z` it asks for the same positions of `ahead`, the next row (see
+/// [`sum`]).
+#[inline(always)]
+fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(
+    simd: S,
+    map: M,
+    z: &[f32],
+    w: &[f32],
+    kept: &mut [f32],
+    ahead: &[f32],
+) -> f32 {
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (kh, kt) = S::as_mut_simd_f32s(if KEEP { &mut kept[..z.len()] } else { &mut [] });
@@ -166,7 +223,9 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(simd: S, map: M, z: &[f32], w:
     let mut acc = [zero; ACCUMULATORS];
     let (zq, wq) = (zh.chunks_exact(ACCUMULATORS), wh.chunks_exact(ACCUMULATORS));
     let (zr, wr) = (zq.remainder(), wq.remainder());
+    let step = ACCUMULATORS * S::F32_LANES;
     for (i, (zs, ws)) in zq.zip(wq).enumerate() {
+        prefetch_step(ahead, i * step, step);
         for k in 0..ACCUMULATORS {
             let v = map.apply(simd, zs[k], ws[k]);
             if KEEP {
@@ -176,6 +235,7 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(simd: S, map: M, z: &[f32], w:
         }
     }
     let done = zh.len() - zr.len();
+    prefetch_from(ahead, done * S::F32_LANES);
     for (k, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
         let v = map.apply(simd, zv, wv);
         if KEEP {
@@ -195,29 +255,61 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(simd: S, map: M, z: &[f32], w:
 }
 
 /// `sum_j map(z_j, w_j)` over two equally long slices.
+///
+/// `ahead` is the row after this one (empty for none): the loop asks for
+/// its cache lines, a few per step, so that the next row arrives while this
+/// one's arithmetic runs. A row pass works in L1 and misses nowhere, so the
+/// hardware prefetcher, trained by misses, would have stopped by then; and
+/// asking for a whole row at once stalls once the core's miss buffers are
+/// full (benches/RESULTS.md). Every value of `ahead` is asked for, its
+/// tail included, whatever the length of `z`.
 #[inline(always)]
-pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32]) -> f32 {
-    fold::<S, M, false>(simd, map, z, w, &mut [])
+pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], ahead: &[f32]) -> f32 {
+    fold::<S, M, false>(simd, map, z, w, &mut [], ahead)
 }
 
 /// [`sum`], keeping every `map(z_j, w_j)` in `kept` for a later pass.
 #[inline(always)]
-pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], kept: &mut [f32]) -> f32 {
-    fold::<S, M, true>(simd, map, z, w, kept)
+pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(
+    simd: S,
+    map: M,
+    z: &[f32],
+    w: &[f32],
+    kept: &mut [f32],
+    ahead: &[f32],
+) -> f32 {
+    fold::<S, M, true>(simd, map, z, w, kept, ahead)
 }
 
-/// `out_j = map(z_j, w_j)` over three equally long slices.
+/// `out_j = map(z_j, w_j)` over three equally long slices, asking for
+/// `ahead`'s cache lines as [`sum`] does.
 #[inline(always)]
-pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], out: &mut [f32]) {
+pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], out: &mut [f32], ahead: &[f32]) {
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (oh, ot) = S::as_mut_simd_f32s(&mut out[..z.len()]);
-    for ((o, &zv), &wv) in oh.iter_mut().zip(zh).zip(wh) {
+    for (i, ((o, &zv), &wv)) in oh.iter_mut().zip(zh).zip(wh).enumerate() {
+        prefetch_step(ahead, i * S::F32_LANES, S::F32_LANES);
         *o = map.apply(simd, zv, wv);
     }
+    prefetch_from(ahead, zh.len() * S::F32_LANES);
     if !zt.is_empty() {
         let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
         simd.partial_store_f32s(ot, v);
+    }
+}
+
+/// `row_j *= factor`, in place.
+#[inline(always)]
+pub(crate) fn scale<S: Simd>(simd: S, factor: f32, row: &mut [f32]) {
+    let factor = simd.splat_f32s(factor);
+    let (head, tail) = S::as_mut_simd_f32s(row);
+    for v in head {
+        *v = simd.mul_f32s(*v, factor);
+    }
+    if !tail.is_empty() {
+        let v = simd.mul_f32s(simd.partial_load_f32s(tail), factor);
+        simd.partial_store_f32s(tail, v);
     }
 }
 
