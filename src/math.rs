@@ -174,6 +174,23 @@ fn max0(x: f32) -> f32 {
     }
 }
 
+/// `ln(1 + x)` to a few roundings, from one `ln`: with `u = 1 + x` rounded,
+/// `ln(u) * x / (u - 1)` corrects the rounding of `u` (Goldberg's way; the
+/// quotient is exact enough, as `u - 1` is). The library's `ln_1p` costs
+/// several times `ln`, and a row pass takes two.
+#[inline(always)]
+fn ln_1p(x: f32) -> f32 {
+    let u = 1.0 + x;
+    if u == 1.0 {
+        x
+    } else if u.is_finite() {
+        u.ln() * (x / (u - 1.0))
+    } else {
+        // inf, NaN, or 1 + x rounded past f32's range.
+        u.ln()
+    }
+}
+
 /// A loss the rounding took below its exact bound of 0, as 0; NaN stays
 /// NaN. The label's own term is in `logsumexp(z')`, so the exact class loss
 /// is never negative.
@@ -503,7 +520,7 @@ pub(crate) fn class_forward_powered<S: Simd>(
         lse: lse - shift,
         // `ln(sum_j e_j M_j C_j)`, which is `ln_1p(others / P_y)` when the
         // shift is the label's logit (`e_y = 1`).
-        adjusted: ((e_y - 1.0) + others * (1.0 / p_y)).ln_1p(),
+        adjusted: ln_1p((e_y - 1.0) + others * (1.0 / p_y)),
     };
     let Some((grad, scale)) = grad else {
         let stats = stats(lanes::sum(simd, term, e, &powered.powered, &[]));
@@ -557,7 +574,7 @@ impl Objectness {
     /// The pair's unweighted loss.
     #[inline(always)]
     pub(crate) fn loss(self) -> f32 {
-        max0(self.d) + self.e.ln_1p()
+        max0(self.d) + ln_1p(self.e)
     }
 
     /// Writes `scale * d loss / d (fg, bg)` into `grad[..2]`.
@@ -714,6 +731,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ln_1p_is_within_a_few_roundings() {
+        let mut x = 1e-30f32;
+        while x < 1e30 {
+            for v in [x, -x.min(0.999_999)] {
+                let want = (v as f64).ln_1p();
+                let got = ln_1p(v) as f64;
+                assert!(
+                    (got - want).abs() <= 3.0 * f32::EPSILON as f64 * want.abs(),
+                    "ln_1p({v}) = {got}, want {want}"
+                );
+            }
+            x *= 1.37;
+        }
+        assert_eq!(ln_1p(0.0), 0.0);
+        assert_eq!(ln_1p(-1.0), f32::NEG_INFINITY);
+        assert_eq!(ln_1p(f32::INFINITY), f32::INFINITY);
+        assert_eq!(ln_1p(f32::MAX), (f32::MAX as f64).ln() as f32);
+        assert!(ln_1p(f32::NAN).is_nan());
     }
 
     #[test]
