@@ -296,6 +296,17 @@ impl Host<'_> {
         self.params.loss_weight * self.weights.map_or(1.0, |w| w[r])
     }
 
+    /// Row `r`'s gradient multipliers, for its class part and its objectness
+    /// pair: its scale times the part's upstream gradient over the part's
+    /// mean divisor.
+    fn grad_scales(&self, up: &HostUpstream, r: usize) -> (f32, f32) {
+        let scale = self.scale(r);
+        (
+            scale * (HostUpstream::at(up.classes, r) / self.divisors.0),
+            scale * (HostUpstream::at(up.objectness, r) / self.divisors.1),
+        )
+    }
+
     /// The call's `n^p` table when its exponents allow the powered loss
     /// pass (`math`'s documentation); computed once per call, before the
     /// rows are handed out.
@@ -431,10 +442,10 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     };
     let up = HostUpstream::of(&placed);
     let out = LossRows::empty(n as i64, host.detection, Device::Cpu)?;
-    let stats = Tensor::f_empty([n as i64, ROW_STATS as i64], (Kind::Float, Device::Cpu))?;
     let grad = Tensor::f_empty([n as i64, host.width as i64], (Kind::Float, Device::Cpu))?;
-    // SAFETY: as in `forward`.
-    let targets = unsafe { Targets::new(Some(&out), Some(&stats), Some(&grad)) };
+    // SAFETY: as in `forward`. No row stats: each row's gradient is written
+    // in its loss pass, so nothing reads them.
+    let targets = unsafe { Targets::new(Some(&out), None, Some(&grad)) };
     let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
         dispatch(ForwardBlock {
@@ -596,10 +607,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                 }
                 Some(label) => {
                     let (loss, stats) = if label < c {
-                        let class_part = g.as_mut().map(|(g, up)| {
-                            let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
-                            (&mut g[..c], class_scale)
-                        });
+                        let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
                         match powered {
                             Some(powered) => class_forward_powered(
                                 simd,
@@ -631,8 +639,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                     let objectness = if host.detection {
                         let pair = Objectness::new(z[c], z[c + 1], label == c);
                         if let Some((g, up)) = g {
-                            let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
-                            pair.write_grad(&mut g[c..], obj_scale);
+                            pair.write_grad(&mut g[c..], host.grad_scales(up, r).1);
                         }
                         pair.loss()
                     } else {
@@ -694,11 +701,10 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                 g.fill(0.0);
                 continue;
             };
-            let scale = host.scale(r);
             let (g_cls, g_obj) = g.split_at_mut(c);
             // SAFETY: row r of the [N, ROW_STATS] stats, written before this read.
             let row_stats = RowStats::from_array(unsafe { *(stats.0.add(ROW_STATS as usize * r) as *const _) });
-            let class_scale = scale * (HostUpstream::at(up.classes, r) / host.divisors.0);
+            let (class_scale, obj_scale) = host.grad_scales(up, r);
             if label < c {
                 class_grad(
                     simd,
@@ -716,7 +722,6 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                 g_cls.fill(0.0);
             }
             if host.detection {
-                let obj_scale = scale * (HostUpstream::at(up.objectness, r) / host.divisors.1);
                 Objectness::new(z[c], z[c + 1], label == c).write_grad(g_obj, obj_scale);
             }
         }
