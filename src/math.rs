@@ -87,6 +87,9 @@
 //! The label's own term, `e_y`, is added apart, so that a confident row's
 //! small loss is `ln_1p` of the others' sum, not the rounding of a sum near
 //! 1.
+//! With `lse = shift + log(sum_j e_j)`, `k = 1 / max(e_y, eps sum_j e_j)`:
+//! the second pass, which needs `k` from its first step, waits on the first
+//! pass's sum and one division, not on a logarithm and an exponential.
 //! Between the passes of a call the row stays in the core's L1 cache: the
 //! CPU's counterpart of the kernels holding it in registers. When the caller
 //! wants the gradient too (`forward_backward`), the second pass keeps its
@@ -118,7 +121,7 @@
 mod lanes;
 
 use crate::params::{SeesawParams, ROW_STATS, UNDERFLOW};
-pub(crate) use lanes::dispatch;
+pub(crate) use lanes::{dispatch, Ahead, Lines};
 use lanes::{exp, LaneMap};
 use pulp::Simd;
 
@@ -206,49 +209,58 @@ fn non_negative(loss: f32) -> f32 {
 /// `log M_j + log C_j` for the negatives of one row: `p min(0, log n_j - log
 /// n_y) + q max(0, (z_j - lse) - rel_self)`. Written as `p min(0, .)` rather
 /// than `min(0, p .)` so that `q = 0` stays 0 against a `-inf` logit.
+///
+/// Everything is taken relative to the row's shift `base` (its stats'
+/// `max`): the compensation starts at `base + threshold`, with `threshold =
+/// max(z_y - base, lse - base + log eps)` (the same as `lse + rel_self`) a
+/// number of the order of the row's spread. Added to `base` it would be
+/// rounded at the logits' magnitude (1e-3 at logits of 1e4), and the loss
+/// pass that works with products, whose `k` is `exp(-threshold)` to a
+/// rounding, and the gradient pass would disagree by that much.
 #[derive(Clone, Copy, Debug)]
 struct Adjustment {
     p: f32,
     q: f32,
     log_n_y: f32,
-    /// `lse + rel_self`: `z_j` is compared with it directly.
+    base: f32,
+    /// Where the compensation starts, relative to `base`.
     threshold: f32,
 }
 
 impl Adjustment {
+    /// For a row whose `lse` is `lse_rel` above `base`.
     #[inline(always)]
-    fn new(params: &SeesawParams, lse: f32, z_y: f32, log_n_y: f32) -> Self {
-        let rel_self = z_y - lse;
-        let rel_self = if rel_self > params.log_eps {
-            rel_self
-        } else {
-            params.log_eps
-        };
+    fn new(params: &SeesawParams, base: f32, lse_rel: f32, z_y: f32, log_n_y: f32) -> Self {
+        let label = z_y - base;
+        let from_lse = lse_rel + params.log_eps;
         Adjustment {
             p: params.p,
             q: params.q,
             log_n_y,
-            threshold: lse + rel_self,
+            base,
+            // `from_lse` when either is NaN, as `rel_self` was `log eps`.
+            threshold: if label > from_lse { label } else { from_lse },
         }
     }
 
-    /// `z'_j` per lane. The label's lane comes out as `z_y`: its
-    /// mitigation is `p min(0, 0)` and its compensation `q max(0, z_y -
-    /// threshold)` is 0, as `threshold >= z_y`. On [`pulp::Scalar`] this is
-    /// the one-logit form.
+    /// `z'_j - base` per lane. The label's lane comes out as `z_y - base`:
+    /// its mitigation is `p min(0, 0)` and its compensation `q max(0, (z_y -
+    /// base) - threshold)` is 0, as `threshold >= z_y - base`. On
+    /// [`pulp::Scalar`] this is the one-logit form.
     #[inline(always)]
     fn adjusted<S: Simd>(&self, simd: S, z: S::f32s, log_n: S::f32s) -> S::f32s {
         let zero = simd.splat_f32s(0.0);
+        let u = simd.sub_f32s(z, simd.splat_f32s(self.base));
         let mitigation = simd.min_f32s(simd.sub_f32s(log_n, simd.splat_f32s(self.log_n_y)), zero);
-        let compensation = lanes::above_zero(simd, simd.sub_f32s(z, simd.splat_f32s(self.threshold)));
-        let adjusted = simd.mul_add_f32s(simd.splat_f32s(self.p), mitigation, z);
+        let compensation = lanes::above_zero(simd, simd.sub_f32s(u, simd.splat_f32s(self.threshold)));
+        let adjusted = simd.mul_add_f32s(simd.splat_f32s(self.p), mitigation, u);
         simd.mul_add_f32s(simd.splat_f32s(self.q), compensation, adjusted)
     }
 }
 
-/// `scale * exp(z'_j - shift)` per lane, `z'` the adjusted logits of an
-/// [`Adjustment`] and `w` the log-count table; the label's lane comes out
-/// as `exp(z_y - shift)`.
+/// `scale * exp(z'_j - base - shift)` per lane, `z'` the adjusted logits of
+/// an [`Adjustment`] and `w` the log-count table; the label's lane comes out
+/// as `exp(z_y - base - shift)`.
 #[derive(Clone, Copy)]
 struct AdjustedExp {
     adj: Adjustment,
@@ -316,18 +328,19 @@ fn row_max<S: Simd>(simd: S, z: &[f32]) -> f32 {
     }
 }
 
-/// Row maximum and `lse`, asking for `next_row`'s cache lines as it goes.
+/// Row maximum `m` and `lse - m`, asking for `ahead`'s cache lines as it
+/// goes.
 #[inline(always)]
-fn max_and_lse<S: Simd>(simd: S, z: &[f32], next_row: &[f32]) -> (f32, f32) {
+fn max_and_lse<S: Simd>(simd: S, z: &[f32], ahead: Ahead) -> (f32, f32) {
     let m = row_max(simd, z);
-    let total = lanes::sum(simd, ShiftedExp { shift: m }, z, z, next_row);
-    (m, m + total.ln())
+    let total = lanes::sum(simd, ShiftedExp { shift: m }, z, z, ahead);
+    (m, total.ln())
 }
 
 /// Loss pass of a class row: returns the unweighted loss and the row's
 /// stats. `label` must be in `[0, z.len())`, `log_counts` as long as `z`.
-/// `next_row` is the row the caller takes next (empty for none), whose
-/// cache lines the pass asks for ([`lanes::sum`]).
+/// `ahead` holds the rows the caller comes to next, whose cache lines the
+/// pass asks for ([`Ahead`]).
 #[inline(always)]
 pub(crate) fn class_forward<S: Simd>(
     simd: S,
@@ -335,13 +348,14 @@ pub(crate) fn class_forward<S: Simd>(
     z: &[f32],
     label: usize,
     log_counts: &[f32],
-    next_row: &[f32],
+    ahead: Ahead,
 ) -> (f32, RowStats) {
-    let (m, lse) = max_and_lse(simd, z, next_row);
+    let (m, lse) = max_and_lse(simd, z, ahead);
     let z_y = z[label];
-    let adj = Adjustment::new(params, lse, z_y, log_counts[label]);
-    let mut shift = lse + params.q * max0(m - adj.threshold);
-    let mut sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts, &[]);
+    let adj = Adjustment::new(params, m, lse, z_y, log_counts[label]);
+    // Relative to `m`, as everything below.
+    let mut shift = lse + params.q * max0(-adj.threshold);
+    let mut sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts, Ahead::NONE);
     if sum < UNDERFLOW {
         // Only with extreme exponents: sum again against the exact maximum.
         let one = pulp::Scalar::new();
@@ -352,20 +366,20 @@ pub(crate) fn class_forward<S: Simd>(
             .fold(f32::NEG_INFINITY, f32::max);
         if exact > f32::NEG_INFINITY {
             shift = exact;
-            sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts, &[]);
+            sum = lanes::sum(simd, AdjustedExp::new(adj, shift, 1.0), z, log_counts, Ahead::NONE);
         }
     }
     let stats = RowStats {
         max: m,
-        lse: lse - m,
-        adjusted: (shift - m) + sum.ln(),
+        lse,
+        adjusted: shift + sum.ln(),
     };
     (non_negative(stats.loss(z_y)), stats)
 }
 
 /// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`
 /// into `grad`, recomputing `z'` from the logits and the loss pass's stats,
-/// and asks for `next_row`'s cache lines as [`class_forward`] does.
+/// and asks for `ahead`'s cache lines as [`class_forward`] does.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the row, its stats and the instruction set
 pub(crate) fn class_grad<S: Simd>(
@@ -377,12 +391,18 @@ pub(crate) fn class_grad<S: Simd>(
     stats: RowStats,
     scale: f32,
     grad: &mut [f32],
-    next_row: &[f32],
+    ahead: Ahead,
 ) {
     let z_y = z[label];
-    let adj = Adjustment::new(params, stats.max + stats.lse, z_y, log_counts[label]);
-    let shift = stats.max + stats.adjusted;
-    lanes::store(simd, AdjustedExp::new(adj, shift, scale), z, log_counts, grad, next_row);
+    let adj = Adjustment::new(params, stats.max, stats.lse, z_y, log_counts[label]);
+    lanes::store(
+        simd,
+        AdjustedExp::new(adj, stats.adjusted, scale),
+        z,
+        log_counts,
+        grad,
+        ahead,
+    );
     grad[label] = scale * (-stats.loss(z_y)).exp_m1();
 }
 
@@ -391,6 +411,8 @@ pub(crate) fn class_grad<S: Simd>(
 pub(crate) struct PoweredCounts {
     powered: Vec<f32>,
     q: SmallQ,
+    /// `exp(log eps)`.
+    eps: f32,
 }
 
 /// `q` in {0, 1, 2}: `C_j = (e_j k)^q` by multiplication.
@@ -438,8 +460,12 @@ impl PoweredCounts {
         }
         let mut powered = vec![0.0; log_counts.len()];
         let power = Power { p: params.p, log_n_max };
-        lanes::store(simd, power, log_counts, log_counts, &mut powered, &[]);
-        Some(PoweredCounts { powered, q })
+        lanes::store(simd, power, log_counts, log_counts, &mut powered, Ahead::NONE);
+        Some(PoweredCounts {
+            powered,
+            q,
+            eps: params.log_eps.exp(),
+        })
     }
 }
 
@@ -478,36 +504,36 @@ const LABEL_SHIFT_LIMIT: f32 = 4.851_652e8;
 /// `exp(z_j - shift)`. With `grad = Some((row, scale))` it also writes what
 /// [`class_grad`] would, `scale * (softmax(z') - onehot(label))`, from the
 /// same products: the row's only exponentials are the loss pass's.
-/// `next_row` as for [`class_forward`].
+/// `ahead` as for [`class_forward`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the row, its outputs and the instruction set
 pub(crate) fn class_forward_powered<S: Simd>(
     simd: S,
-    params: &SeesawParams,
     powered: &PoweredCounts,
     z: &[f32],
     label: usize,
     scratch: &mut [f32],
     grad: Option<(&mut [f32], f32)>,
-    next_row: &[f32],
+    ahead: Ahead,
 ) -> (f32, RowStats) {
     let z_y = z[label];
     // Keeps `e_j` for the second pass, which needs no exponential.
     let e = &mut scratch[..z.len()];
     let mut shift = z_y;
-    let mut total = lanes::sum_keeping(simd, CappedExp { shift }, z, z, e, next_row);
+    let mut total = lanes::sum_keeping(simd, CappedExp { shift }, z, z, e, ahead);
     // False for NaN too.
     let label_shift_holds = total <= LABEL_SHIFT_LIMIT;
     if !label_shift_holds {
         // A label far below the row's maximum, or NaN: the maximum instead.
         shift = row_max(simd, z);
-        total = lanes::sum_keeping(simd, ShiftedExp { shift }, z, z, e, &[]);
+        total = lanes::sum_keeping(simd, ShiftedExp { shift }, z, z, e, Ahead::NONE);
     }
-    let lse = shift + total.ln();
-    let adj = Adjustment::new(params, lse, z_y, 0.0);
+    // `k = exp(shift - threshold) = 1 / max(e_y, total * eps)` (module
+    // documentation); the stats' `lse` is `ln(total)`, taken where the
+    // gradient pass needs it.
     let k = match powered.q {
         SmallQ::Zero => 0.0,
-        _ => (shift - adj.threshold).exp(),
+        _ => 1.0 / e[label].max(total * powered.eps),
     };
     let p_y = powered.powered[label];
     let term = PoweredTerm { p_y, k, q: powered.q };
@@ -517,32 +543,32 @@ pub(crate) fn class_forward_powered<S: Simd>(
     let e_y = std::mem::take(&mut e[label]);
     let stats = |others: f32| RowStats {
         max: shift,
-        lse: lse - shift,
+        lse: total.ln(),
         // `ln(sum_j e_j M_j C_j)`, which is `ln_1p(others / P_y)` when the
         // shift is the label's logit (`e_y = 1`).
         adjusted: ln_1p((e_y - 1.0) + others * (1.0 / p_y)),
     };
     let Some((grad, scale)) = grad else {
-        let stats = stats(lanes::sum(simd, term, e, &powered.powered, &[]));
+        let stats = stats(lanes::sum(simd, term, e, &powered.powered, Ahead::NONE));
         return (non_negative(stats.loss(z_y)), stats);
     };
     // `softmax(z')_j = term_j / sum`: the terms are kept in the gradient's
     // row (in L1 until the row is done) and scaled there.
     let grad = &mut grad[..z.len()];
-    let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, &[]);
+    let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE);
     lanes::scale(simd, scale / (e_y * p_y + others), grad);
     let stats = stats(others);
     grad[label] = scale * (-stats.loss(z_y)).exp_m1();
     (non_negative(stats.loss(z_y)), stats)
 }
 
-/// Asks for every cache line of `row` at once (a hint; nothing off
+/// Asks for every cache line of `ahead`'s rows at once (hints; nothing off
 /// x86-64): for a row whose turn runs no pass over the logits to spread the
-/// requests over (a bad label, a background row), so that the next row
-/// still arrives ahead.
+/// requests over (a bad label, a background row), so that the rows ahead
+/// still arrive in time.
 #[inline(always)]
-pub(crate) fn prefetch_row(row: &[f32]) {
-    lanes::prefetch_from(row, 0);
+pub(crate) fn prefetch_row(ahead: Ahead) {
+    lanes::prefetch_from(ahead, 0);
 }
 
 /// The objectness pair of a detection row: a 2-way cross-entropy of
@@ -679,14 +705,14 @@ mod tests {
             let mut fused_grad = vec![0.0f32; c];
             for (r, (z, label)) in rows(c).into_iter().enumerate() {
                 let (want, want_grad) = reference_row(p as f64, q as f64, eps as f64, &z, label, &log_counts);
-                let (general, general_stats) = class_forward(simd, &params, &z, label, &log_counts, &[]);
+                let (general, general_stats) = class_forward(simd, &params, &z, label, &log_counts, Ahead::NONE);
                 let mut scratch = vec![0.0; c];
                 let (fast, fast_stats) = match &powered {
                     Some(powered) => {
                         let with_grad = Some((&mut fused_grad[..], 1.0));
                         let fused =
-                            class_forward_powered(simd, &params, powered, &z, label, &mut scratch, with_grad, &[]);
-                        let alone = class_forward_powered(simd, &params, powered, &z, label, &mut scratch, None, &[]);
+                            class_forward_powered(simd, powered, &z, label, &mut scratch, with_grad, Ahead::NONE);
+                        let alone = class_forward_powered(simd, powered, &z, label, &mut scratch, None, Ahead::NONE);
                         assert_eq!(fused, alone, "row {r}: the loss pass with and without the gradient");
                         fused
                     }
@@ -700,7 +726,7 @@ mod tests {
                             general_stats,
                             1.0,
                             &mut fused_grad,
-                            &[],
+                            Ahead::NONE,
                         );
                         (general, general_stats)
                     }
@@ -717,7 +743,17 @@ mod tests {
                 }
                 let mut grads = Vec::new();
                 for (name, stats) in [("general", general_stats), ("powered", fast_stats)] {
-                    class_grad(simd, &params, &z, label, &log_counts, stats, 1.0, &mut grad, &[]);
+                    class_grad(
+                        simd,
+                        &params,
+                        &z,
+                        label,
+                        &log_counts,
+                        stats,
+                        1.0,
+                        &mut grad,
+                        Ahead::NONE,
+                    );
                     grads.push((name, grad.clone()));
                 }
                 grads.push(("powered pass's own", fused_grad.clone()));
@@ -804,7 +840,7 @@ mod tests {
                 );
                 let mut nan = long.clone();
                 nan[len / 2] = f32::NAN;
-                let (_, lse) = max_and_lse(simd, &nan, &[]);
+                let (_, lse) = max_and_lse(simd, &nan, Ahead::NONE);
                 assert!(lse.is_nan(), "a NaN logit reaches the sums");
             }
         }

@@ -21,7 +21,8 @@ use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
 use crate::math::{
-    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Objectness, PoweredCounts, RowStats,
+    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Ahead, Lines, Objectness, PoweredCounts,
+    RowStats,
 };
 use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
@@ -269,15 +270,21 @@ impl Host<'_> {
         &self.logits[r * self.width..(r + 1) * self.width]
     }
 
-    /// The row after `r` in a block ending at `end` (empty at the end),
-    /// whose cache lines a row pass asks for while it works on `r`
-    /// ([`crate::math`]'s passes; [`prefetch_row`] for rows without one).
+    /// What a row pass over row `r` of a block ending at `end` asks the
+    /// cache for ([`Ahead`]): the next logits row, and, where the pass
+    /// writes a gradient, the row `GRAD_ROWS_AHEAD` on in `grad`.
     #[inline(always)]
-    fn next_row(&self, r: usize, end: usize) -> &[f32] {
-        if r + 1 < end {
-            self.row(r + 1)
-        } else {
-            &[]
+    fn ahead(&self, r: usize, end: usize, grad: Option<&Targets>) -> Ahead {
+        let read = if r + 1 < end { self.row(r + 1) } else { &[] };
+        let later = r + GRAD_ROWS_AHEAD;
+        let write = match grad {
+            // Row `later` is in the block, so in the gradient.
+            Some(targets) if later < end => Lines::at(targets.grad.wrapping_add(later * self.width), self.width),
+            _ => Lines::NONE,
+        };
+        Ahead {
+            read: Lines::of(read),
+            write,
         }
     }
 
@@ -466,6 +473,12 @@ struct StatsPtr(*const f32);
 // SAFETY: read at the rows of the reading thread only.
 unsafe impl Sync for StatsPtr {}
 
+/// How many rows ahead a gradient row is asked for with intent to write:
+/// the read of the next logits row is one row ahead, and a store must find
+/// its line owned, so the request goes out earlier (two rows measured a
+/// little faster than one, four no better; benches/RESULTS.md).
+const GRAD_ROWS_AHEAD: usize = 2;
+
 /// Raw pointers to the outputs, shared by the threads: each writes only its
 /// own rows.
 struct Targets {
@@ -593,13 +606,13 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            let next = host.next_row(r, end);
+            let ahead = host.ahead(r, end, grad.is_some().then_some(targets));
             let scale = host.scale(r);
             // SAFETY: row r belongs to this thread.
             let mut g = grad.map(|up| (unsafe { targets.grad_row(r, host.width) }, up));
             let (loss, stats, objectness) = match host.label(r) {
                 None => {
-                    prefetch_row(next);
+                    prefetch_row(ahead);
                     if let Some((g, _)) = g {
                         g.fill(0.0);
                     }
@@ -609,28 +622,31 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                     let (loss, stats) = if label < c {
                         let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
                         match powered {
-                            Some(powered) => class_forward_powered(
-                                simd,
-                                &host.params,
-                                powered,
-                                &z[..c],
-                                label,
-                                &mut scratch,
-                                class_part,
-                                next,
-                            ),
+                            Some(powered) => {
+                                class_forward_powered(simd, powered, &z[..c], label, &mut scratch, class_part, ahead)
+                            }
                             None => {
                                 let params = &host.params;
-                                let (loss, stats) = class_forward(simd, params, &z[..c], label, host.log_counts, next);
+                                let (loss, stats) = class_forward(simd, params, &z[..c], label, host.log_counts, ahead);
                                 if let Some((g_cls, class_scale)) = class_part {
                                     let counts = host.log_counts;
-                                    class_grad(simd, params, &z[..c], label, counts, stats, class_scale, g_cls, &[]);
+                                    class_grad(
+                                        simd,
+                                        params,
+                                        &z[..c],
+                                        label,
+                                        counts,
+                                        stats,
+                                        class_scale,
+                                        g_cls,
+                                        Ahead::NONE,
+                                    );
                                 }
                                 (loss, stats)
                             }
                         }
                     } else {
-                        prefetch_row(next);
+                        prefetch_row(ahead);
                         if let Some((g, _)) = g.as_mut() {
                             g[..c].fill(0.0);
                         }
@@ -693,11 +709,11 @@ impl pulp::WithSimd for BackwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            let next = host.next_row(r, end);
+            let ahead = host.ahead(r, end, Some(targets));
             // SAFETY: row r belongs to this thread.
             let g = unsafe { targets.grad_row(r, host.width) };
             let Some(label) = host.label(r) else {
-                prefetch_row(next);
+                prefetch_row(ahead);
                 g.fill(0.0);
                 continue;
             };
@@ -715,10 +731,10 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                     row_stats,
                     class_scale,
                     g_cls,
-                    next,
+                    ahead,
                 );
             } else {
-                prefetch_row(next);
+                prefetch_row(ahead);
                 g_cls.fill(0.0);
             }
             if host.detection {

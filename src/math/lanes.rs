@@ -166,38 +166,103 @@ fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
 /// f32 values per 64-byte cache line.
 const LINE: usize = 16;
 
-/// Asks for the cache line that holds `ahead[at]`, when there is one; a hint
-/// that never faults (nothing off x86-64).
+/// Values of a later row whose cache lines a row pass asks for as it goes,
+/// known by address alone: nothing here reads or writes them, and a
+/// prefetch never faults, so the row may be one no reference can be taken
+/// to yet (a gradient row not written yet).
+#[derive(Clone, Copy)]
+pub(crate) struct Lines {
+    start: *const f32,
+    len: usize,
+}
+
+impl Lines {
+    /// No row: nothing is asked for.
+    pub(crate) const NONE: Lines = Lines {
+        start: std::ptr::null(),
+        len: 0,
+    };
+
+    /// The lines of `row`.
+    pub(crate) fn of(row: &[f32]) -> Lines {
+        Lines {
+            start: row.as_ptr(),
+            len: row.len(),
+        }
+    }
+
+    /// The lines of the `len` values from `start`, which need not be
+    /// initialised or borrowable; they are only asked for.
+    pub(crate) fn at(start: *const f32, len: usize) -> Lines {
+        Lines { start, len }
+    }
+}
+
+/// What a row pass asks for while it walks its row: `read`, the logits row
+/// it takes next, and `write`, a gradient row it will write later, asked
+/// for with intent to write. A store to a line the core does not own waits
+/// for the line to be read in first; a fresh gradient is in no cache, and
+/// its stores stalled a gradient pass whatever its arithmetic cost
+/// (benches/RESULTS.md).
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead {
+    pub(crate) read: Lines,
+    pub(crate) write: Lines,
+}
+
+impl Ahead {
+    /// Nothing to ask for.
+    pub(crate) const NONE: Ahead = Ahead {
+        read: Lines::NONE,
+        write: Lines::NONE,
+    };
+}
+
+/// Asks for the cache lines that hold value `at` of `ahead`'s rows, where
+/// they have one; hints that never fault (nothing off x86-64).
 #[inline(always)]
-fn prefetch_at(ahead: &[f32], at: usize) {
+fn prefetch_at(ahead: Ahead, at: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(value) = ahead.get(at) {
-        // SAFETY: a prefetch never faults, and SSE is part of x86_64.
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults, and SSE is part of x86_64; the
+        // addresses are in bounds of their rows (`wrapping_add` reads
+        // nothing).
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const f32).cast());
+            if at < ahead.read.len {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.read.start.wrapping_add(at).cast());
+            }
+            if at < ahead.write.len {
+                _mm_prefetch::<_MM_HINT_ET0>(ahead.write.start.wrapping_add(at).cast());
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (ahead, at);
 }
 
-/// Asks for the lines of `ahead[from..]`: what a loop over a shorter row
-/// has not asked for yet.
+/// Asks for the lines of `ahead`'s rows from value `from` on: what a loop
+/// over a shorter row has not asked for yet.
 #[inline(always)]
-pub(crate) fn prefetch_from(ahead: &[f32], from: usize) {
-    for at in (from..ahead.len()).step_by(LINE) {
+pub(crate) fn prefetch_from(ahead: Ahead, from: usize) {
+    let len = ahead.read.len.max(ahead.write.len);
+    for at in (from..len).step_by(LINE) {
         prefetch_at(ahead, at);
     }
-    // The last value's line, which a step of one line can miss when the
-    // row does not start on a line.
-    prefetch_at(ahead, ahead.len().wrapping_sub(1));
+    // The last values' lines, which a step of one line can miss when a row
+    // does not start on a line.
+    for last in [ahead.read.len, ahead.write.len] {
+        if last > 0 {
+            prefetch_at(ahead, last - 1);
+        }
+    }
 }
 
-/// Asks for the lines that start in `ahead[from..from + len]` (counted from
-/// the row's start), `len` a loop step's values: one request per line
-/// whatever the vector width.
+/// Asks for the lines that start in values `from..from + len` of `ahead`'s
+/// rows (counted from the row's start), `len` a loop step's values: one
+/// request per line and row whatever the vector width.
 #[inline(always)]
-fn prefetch_step(ahead: &[f32], from: usize, len: usize) {
+fn prefetch_step(ahead: Ahead, from: usize, len: usize) {
     for at in (from.next_multiple_of(LINE)..from + len).step_by(LINE) {
         prefetch_at(ahead, at);
     }
@@ -214,7 +279,7 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(
     z: &[f32],
     w: &[f32],
     kept: &mut [f32],
-    ahead: &[f32],
+    ahead: Ahead,
 ) -> f32 {
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
@@ -256,15 +321,15 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(
 
 /// `sum_j map(z_j, w_j)` over two equally long slices.
 ///
-/// `ahead` is the row after this one (empty for none): the loop asks for
-/// its cache lines, a few per step, so that the next row arrives while this
-/// one's arithmetic runs. A row pass works in L1 and misses nowhere, so the
+/// `ahead` holds the rows after this one ([`Ahead`]): the loop asks for
+/// their cache lines, a few per step, so that they arrive while this row's
+/// arithmetic runs. A row pass works in L1 and misses nowhere, so the
 /// hardware prefetcher, trained by misses, would have stopped by then; and
 /// asking for a whole row at once stalls once the core's miss buffers are
-/// full (benches/RESULTS.md). Every value of `ahead` is asked for, its
-/// tail included, whatever the length of `z`.
+/// full (benches/RESULTS.md). Every value of `ahead`'s rows is asked for,
+/// their tails included, whatever the length of `z`.
 #[inline(always)]
-pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], ahead: &[f32]) -> f32 {
+pub(crate) fn sum<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], ahead: Ahead) -> f32 {
     fold::<S, M, false>(simd, map, z, w, &mut [], ahead)
 }
 
@@ -276,7 +341,7 @@ pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(
     z: &[f32],
     w: &[f32],
     kept: &mut [f32],
-    ahead: &[f32],
+    ahead: Ahead,
 ) -> f32 {
     fold::<S, M, true>(simd, map, z, w, kept, ahead)
 }
@@ -284,7 +349,7 @@ pub(crate) fn sum_keeping<S: Simd, M: LaneMap<S>>(
 /// `out_j = map(z_j, w_j)` over three equally long slices, asking for
 /// `ahead`'s cache lines as [`sum`] does.
 #[inline(always)]
-pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], out: &mut [f32], ahead: &[f32]) {
+pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32], out: &mut [f32], ahead: Ahead) {
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (oh, ot) = S::as_mut_simd_f32s(&mut out[..z.len()]);
