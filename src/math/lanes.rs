@@ -270,7 +270,7 @@ fn prefetch_step(ahead: Ahead, from: usize, len: usize) {
 
 /// The one loop behind the sums: `sum_j map(z_j, w_j)` over two equally
 /// long slices and, when `KEEP`, every `map(z_j, w_j)` in `kept`. As it
-/// walks `z` it asks for the same positions of `ahead`, the next row (see
+/// walks `z` it asks for the same positions of `ahead`'s rows (see
 /// [`sum`]).
 #[inline(always)]
 fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(
