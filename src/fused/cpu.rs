@@ -566,7 +566,7 @@ fn parallel_rows<W: Fn(Range<usize>) + Sync>(n: usize, width: usize, work: W) {
 }
 
 thread_local! {
-    /// The powered loss pass's row of `exp(z_j - m)`, kept per thread so
+    /// The powered loss pass's row of `exp(z_j - shift)`, kept per thread so
     /// that a call allocates (and zeroes) nothing for it.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
