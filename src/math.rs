@@ -118,11 +118,13 @@
 //! compiled for each instruction set, the widest the processor has picked
 //! at run time.
 
+mod ends;
 mod lanes;
 
 use crate::params::{SeesawParams, ROW_STATS, UNDERFLOW};
+pub(crate) use ends::{Ended, Ends, RowEnd, GROUP};
 pub(crate) use lanes::{dispatch, Ahead, Lines};
-use lanes::{exp, LaneMap};
+use lanes::{exp, ln_one, LaneMap};
 use pulp::Simd;
 
 /// What the loss pass of a class row keeps for its gradient pass: the
@@ -163,7 +165,7 @@ impl RowStats {
 
     /// The row's unweighted class loss `logsumexp(z') - z_y`, before the
     /// clamp at 0.
-    fn loss(self, z_y: f32) -> f32 {
+    pub(crate) fn loss(self, z_y: f32) -> f32 {
         (self.max - z_y) + self.adjusted
     }
 }
@@ -174,23 +176,6 @@ fn max0(x: f32) -> f32 {
         x
     } else {
         0.0
-    }
-}
-
-/// `ln(1 + x)` to a few roundings, from one `ln`: with `u = 1 + x` rounded,
-/// `ln(u) * x / (u - 1)` corrects the rounding of `u` (Goldberg's way; the
-/// quotient is exact enough, as `u - 1` is). The library's `ln_1p` costs
-/// several times `ln`, and a row pass takes two.
-#[inline(always)]
-fn ln_1p(x: f32) -> f32 {
-    let u = 1.0 + x;
-    if u == 1.0 {
-        x
-    } else if u.is_finite() {
-        u.ln() * (x / (u - 1.0))
-    } else {
-        // inf, NaN, or 1 + x rounded past f32's range.
-        u.ln()
     }
 }
 
@@ -334,7 +319,7 @@ fn row_max<S: Simd>(simd: S, z: &[f32]) -> f32 {
 fn max_and_lse<S: Simd>(simd: S, z: &[f32], ahead: Ahead) -> (f32, f32) {
     let m = row_max(simd, z);
     let total = lanes::sum(simd, ShiftedExp { shift: m }, z, z, ahead);
-    (m, total.ln())
+    (m, ln_one(total))
 }
 
 /// Loss pass of a class row: returns the unweighted loss and the row's
@@ -372,14 +357,18 @@ pub(crate) fn class_forward<S: Simd>(
     let stats = RowStats {
         max: m,
         lse,
-        adjusted: shift + sum.ln(),
+        adjusted: shift + ln_one(sum),
     };
     (non_negative(stats.loss(z_y)), stats)
 }
 
-/// Gradient pass of a class row: writes `scale * (softmax(z') - onehot(label))`
-/// into `grad`, recomputing `z'` from the logits and the loss pass's stats,
-/// and asks for `ahead`'s cache lines as [`class_forward`] does.
+/// Gradient pass of a class row: writes `scale * softmax(z')` into `grad`,
+/// recomputing `z'` from the logits and the loss pass's stats, and asks for
+/// `ahead`'s cache lines as [`class_forward`] does. The label's entry,
+/// `scale * (softmax(z')_y - 1)`, is the row's end's to write
+/// ([`Ended::label_grad`] of [`RowEnd::of_loss`] with `stats.loss(z_y)`):
+/// from the loss rather than the sum, it keeps a confident row's small
+/// gradient.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the row, its stats and the instruction set
 pub(crate) fn class_grad<S: Simd>(
@@ -393,8 +382,7 @@ pub(crate) fn class_grad<S: Simd>(
     grad: &mut [f32],
     ahead: Ahead,
 ) {
-    let z_y = z[label];
-    let adj = Adjustment::new(params, stats.max, stats.lse, z_y, log_counts[label]);
+    let adj = Adjustment::new(params, stats.max, stats.lse, z[label], log_counts[label]);
     lanes::store(
         simd,
         AdjustedExp::new(adj, stats.adjusted, scale),
@@ -403,7 +391,6 @@ pub(crate) fn class_grad<S: Simd>(
         grad,
         ahead,
     );
-    grad[label] = scale * (-stats.loss(z_y)).exp_m1();
 }
 
 /// Per-call constants of [`class_forward_powered`]: `P_j = (n_j / n_max)^p`
@@ -499,12 +486,36 @@ impl<S: Simd> LaneMap<S> for PoweredTerm {
 /// most `e^60` (module documentation).
 const LABEL_SHIFT_LIMIT: f32 = 4.851_652e8;
 
+/// What [`class_forward_powered`] leaves of a row: its shift and its sums,
+/// whose logarithms the row's end takes ([`Ends`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoweredRow {
+    shift: f32,
+    /// The row's end: `total` is `sum_j e_j`, `ratio` the adjusted sum's
+    /// `x` in `ln_1p(x)`, `before` is `shift - z_y` (no margin: the caller
+    /// adds its objectness pair's).
+    pub(crate) end: RowEnd,
+}
+
+impl PoweredRow {
+    /// The unweighted loss (clamped at 0) and the row's stats, from its end.
+    pub(crate) fn finish(&self, ended: &Ended) -> (f32, RowStats) {
+        let stats = RowStats {
+            max: self.shift,
+            lse: ended.lse,
+            adjusted: ended.adjusted,
+        };
+        (non_negative(ended.loss), stats)
+    }
+}
+
 /// [`class_forward`] with one exponential per logit (module documentation,
-/// "The CPU mirror"). `scratch` is at least as long as `z`; it receives
-/// `exp(z_j - shift)`. With `grad = Some((row, scale))` it also writes what
-/// [`class_grad`] would, `scale * (softmax(z') - onehot(label))`, from the
-/// same products: the row's only exponentials are the loss pass's.
-/// `ahead` as for [`class_forward`].
+/// "The CPU mirror"), up to the row's end: [`PoweredRow::finish`] gives the
+/// loss and stats once the end is taken. `scratch` is at least as long as
+/// `z`; it receives `exp(z_j - shift)`. With `grad = Some((row, scale))` it
+/// also writes what [`class_grad`] would, `scale * softmax(z')`, from the
+/// same products: the row's only exponentials are the loss pass's (the
+/// label's entry is the end's, as there). `ahead` as for [`class_forward`].
 #[inline(always)]
 pub(crate) fn class_forward_powered<S: Simd>(
     simd: S,
@@ -514,11 +525,10 @@ pub(crate) fn class_forward_powered<S: Simd>(
     scratch: &mut [f32],
     grad: Option<(&mut [f32], f32)>,
     ahead: Ahead,
-) -> (f32, RowStats) {
-    let z_y = z[label];
+) -> PoweredRow {
     // Keeps `e_j` for the second pass, which needs no exponential.
     let e = &mut scratch[..z.len()];
-    let mut shift = z_y;
+    let mut shift = z[label];
     let mut total = lanes::sum_keeping(simd, CappedExp { shift }, z, z, e, ahead);
     // False for NaN too.
     let label_shift_holds = total <= LABEL_SHIFT_LIMIT;
@@ -528,8 +538,8 @@ pub(crate) fn class_forward_powered<S: Simd>(
         total = lanes::sum_keeping(simd, ShiftedExp { shift }, z, z, e, Ahead::NONE);
     }
     // `k = exp(shift - threshold) = 1 / max(e_y, total * eps)` (module
-    // documentation); the stats' `lse` is `ln(total)`, taken where the
-    // gradient pass needs it.
+    // documentation); the stats' `lse` is `ln(total)`, taken at the row's
+    // end.
     let k = match powered.q {
         SmallQ::Zero => 0.0,
         _ => 1.0 / e[label].max(total * powered.eps),
@@ -540,25 +550,28 @@ pub(crate) fn class_forward_powered<S: Simd>(
     // sum: next to it the others would each be rounded to its precision, a
     // confident row's small loss with them. `others` is at most `C e^60`.
     let e_y = std::mem::take(&mut e[label]);
-    let stats = |others: f32| RowStats {
-        max: shift,
-        lse: total.ln(),
-        // `ln(sum_j e_j M_j C_j)`, which is `ln_1p(others / P_y)` when the
-        // shift is the label's logit (`e_y = 1`).
-        adjusted: ln_1p((e_y - 1.0) + others * (1.0 / p_y)),
+    let others = match grad {
+        None => lanes::sum(simd, term, e, &powered.powered, Ahead::NONE),
+        Some((grad, scale)) => {
+            // `softmax(z')_j = term_j / sum`: the terms are kept in the
+            // gradient's row (in L1 until the row is done) and scaled there.
+            let grad = &mut grad[..z.len()];
+            let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE);
+            lanes::scale(simd, scale / (e_y * p_y + others), grad);
+            others
+        }
     };
-    let Some((grad, scale)) = grad else {
-        let stats = stats(lanes::sum(simd, term, e, &powered.powered, Ahead::NONE));
-        return (non_negative(stats.loss(z_y)), stats);
-    };
-    // `softmax(z')_j = term_j / sum`: the terms are kept in the gradient's
-    // row (in L1 until the row is done) and scaled there.
-    let grad = &mut grad[..z.len()];
-    let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE);
-    lanes::scale(simd, scale / (e_y * p_y + others), grad);
-    let stats = stats(others);
-    grad[label] = scale * (-stats.loss(z_y)).exp_m1();
-    (non_negative(stats.loss(z_y)), stats)
+    PoweredRow {
+        shift,
+        end: RowEnd {
+            total,
+            // `ln(sum_j e_j M_j C_j)` is `ln_1p` of this: `ln_1p(others /
+            // P_y)` when the shift is the label's logit (`e_y = 1`).
+            ratio: (e_y - 1.0) + others * (1.0 / p_y),
+            before: shift - z[label],
+            margin: 0.0,
+        },
+    }
 }
 
 /// Asks for every cache line of `ahead`'s rows at once (hints; nothing off
@@ -572,44 +585,42 @@ pub(crate) fn prefetch_row(ahead: Ahead) {
 
 /// The objectness pair of a detection row: a 2-way cross-entropy of
 /// `(fg, bg)` with target `bg` for a background row, else `fg`. With `d` the
-/// other logit minus the target's, its loss is `softplus(d) = max(d, 0) +
-/// ln(1 + e^-|d|)` and its gradient `sigmoid(d)` for the other logit, minus
-/// that for the target: one exponential for both, and a confident pair's
-/// small loss keeps its precision (`ln_1p`). NaN in either logit gives NaN.
+/// other logit minus the target's (the row end's `margin`), its loss is
+/// `softplus(d) = max(d, 0) + ln(1 + e^-|d|)` and its gradient `sigmoid(d)`
+/// for the other logit, minus that for the target: one exponential for both
+/// (the end's `pair_exp`), and a confident pair's small loss keeps its
+/// precision (`ln_1p`, the end's `pair_ln_1p`). NaN in either logit gives
+/// NaN.
 #[derive(Clone, Copy)]
 pub(crate) struct Objectness {
     background: bool,
     /// The other logit minus the target's.
     d: f32,
-    /// `e^-|d|`.
-    e: f32,
 }
 
 impl Objectness {
     #[inline(always)]
     pub(crate) fn new(fg: f32, bg: f32, background: bool) -> Self {
         let d = if background { fg - bg } else { bg - fg };
-        Objectness {
-            background,
-            d,
-            e: (-d.abs()).exp(),
-        }
+        Objectness { background, d }
+    }
+
+    /// What the row's end takes the pair's exponential and logarithm of.
+    pub(crate) fn margin(self) -> f32 {
+        self.d
     }
 
     /// The pair's unweighted loss.
     #[inline(always)]
-    pub(crate) fn loss(self) -> f32 {
-        max0(self.d) + ln_1p(self.e)
+    pub(crate) fn loss(self, ended: &Ended) -> f32 {
+        max0(self.d) + ended.pair_ln_1p
     }
 
     /// Writes `scale * d loss / d (fg, bg)` into `grad[..2]`.
     #[inline(always)]
-    pub(crate) fn write_grad(self, grad: &mut [f32], scale: f32) {
-        let other = if self.d >= 0.0 {
-            1.0 / (1.0 + self.e)
-        } else {
-            self.e / (1.0 + self.e)
-        };
+    pub(crate) fn write_grad(self, ended: &Ended, grad: &mut [f32], scale: f32) {
+        let e = ended.pair_exp;
+        let other = if self.d >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
         let (fg, bg) = if self.background {
             (other, -other)
         } else {
@@ -623,6 +634,7 @@ impl Objectness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ends::end_one;
     use lanes::tests::for_each_arch;
     use pulp::WithSimd;
 
@@ -712,8 +724,13 @@ mod tests {
                         let fused =
                             class_forward_powered(simd, powered, &z, label, &mut scratch, with_grad, Ahead::NONE);
                         let alone = class_forward_powered(simd, powered, &z, label, &mut scratch, None, Ahead::NONE);
-                        assert_eq!(fused, alone, "row {r}: the loss pass with and without the gradient");
-                        fused
+                        let (fused_end, alone_end) = (end_one(fused.end), end_one(alone.end));
+                        assert_eq!(
+                            fused_end, alone_end,
+                            "row {r}: the loss pass with and without the gradient"
+                        );
+                        fused_grad[label] = fused_end.label_grad;
+                        fused.finish(&fused_end)
                     }
                     None => (general, general_stats),
                 };
@@ -740,6 +757,7 @@ mod tests {
                         &mut grad,
                         Ahead::NONE,
                     );
+                    grad[label] = end_one(RowEnd::of_loss(stats.loss(z[label]), 0.0)).label_grad;
                     grads.push((name, grad.clone()));
                 }
                 if powered.is_some() {
@@ -755,27 +773,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn ln_1p_is_within_a_few_roundings() {
-        let mut x = 1e-30f32;
-        while x < 1e30 {
-            for v in [x, -x.min(0.999_999)] {
-                let want = (v as f64).ln_1p();
-                let got = ln_1p(v) as f64;
-                assert!(
-                    (got - want).abs() <= 3.0 * f32::EPSILON as f64 * want.abs(),
-                    "ln_1p({v}) = {got}, want {want}"
-                );
-            }
-            x *= 1.37;
-        }
-        assert_eq!(ln_1p(0.0), 0.0);
-        assert_eq!(ln_1p(-1.0), f32::NEG_INFINITY);
-        assert_eq!(ln_1p(f32::INFINITY), f32::INFINITY);
-        assert_eq!(ln_1p(f32::MAX), (f32::MAX as f64).ln() as f32);
-        assert!(ln_1p(f32::NAN).is_nan());
     }
 
     #[test]

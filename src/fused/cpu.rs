@@ -21,8 +21,8 @@ use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
 use crate::math::{
-    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Ahead, Lines, Objectness, PoweredCounts,
-    RowStats,
+    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Ahead, Ends, Lines, Objectness,
+    PoweredCounts, PoweredRow, RowEnd, RowStats, GROUP,
 };
 use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
@@ -392,11 +392,13 @@ pub(crate) fn forward(call: &Call) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
         dispatch(ForwardBlock {
-            host: &host,
             powered: powered.as_ref(),
             rows,
-            targets: &targets,
-            grad: None,
+            out: Outputs {
+                host: &host,
+                targets: &targets,
+                grad: None,
+            },
         })
     });
     let (classes, objectness) = reduced(&host, out)?;
@@ -423,11 +425,13 @@ pub(crate) fn backward(call: &Call, stats: &Tensor, upstream: &Upstream) -> Resu
     let targets = unsafe { Targets::new(None, None, Some(&grad)) };
     parallel_rows(n, host.width, |rows| {
         dispatch(BackwardBlock {
-            host: &host,
             rows,
             stats: &stats,
-            up: &up,
-            targets: &targets,
+            out: Outputs {
+                host: &host,
+                targets: &targets,
+                grad: Some(&up),
+            },
         })
     });
     as_contiguous(&grad, call.scores.kind())
@@ -456,11 +460,13 @@ pub(crate) fn forward_backward(call: &Call) -> Result<(Tensor, Option<Tensor>, T
     let powered = host.powered_counts();
     parallel_rows(n, host.width, |rows| {
         dispatch(ForwardBlock {
-            host: &host,
             powered: powered.as_ref(),
             rows,
-            targets: &targets,
-            grad: Some(&up),
+            out: Outputs {
+                host: &host,
+                targets: &targets,
+                grad: Some(&up),
+            },
         })
     });
     let (classes, objectness) = reduced(&host, out)?;
@@ -510,6 +516,25 @@ impl Targets {
     #[allow(clippy::mut_from_ref)]
     unsafe fn grad_row(&self, r: usize, width: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.grad.add(r * width), width)
+    }
+
+    /// Writes row `r`'s loss parts and, where they are kept, its stats
+    /// (the objectness part where the head has one).
+    ///
+    /// # Safety
+    /// `r` is a row of the call, owned by the calling thread, and the
+    /// targets have class losses.
+    unsafe fn write_row(&self, r: usize, class_loss: f32, objectness: f32, stats: RowStats) {
+        *self.class_loss.add(r) = class_loss;
+        if !self.objectness_loss.is_null() {
+            *self.objectness_loss.add(r) = objectness;
+        }
+        if !self.stats.is_null() {
+            let row = self.stats.add(ROW_STATS as usize * r);
+            for (k, v) in stats.to_array().into_iter().enumerate() {
+                *row.add(k) = v;
+            }
+        }
     }
 }
 
@@ -571,17 +596,116 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A row's class part, as its end needs it.
+#[derive(Clone, Copy)]
+enum ClassPart {
+    /// No class loss (a background row of a detection head): 0, NaN stats,
+    /// a zero class gradient written by the pass.
+    None,
+    /// Loss and stats known before the end (the general loss pass, or the
+    /// gradient pass's saved stats).
+    Known(f32, RowStats),
+    /// The powered loss pass's, finished from the end.
+    Powered(PoweredRow),
+}
+
+/// A row whose passes are done, waiting for its end ([`Ends`]).
+#[derive(Clone, Copy)]
+struct Pending {
+    r: usize,
+    label: usize,
+    class: ClassPart,
+    pair: Option<Objectness>,
+}
+
+impl Pending {
+    const NONE: Pending = Pending {
+        r: 0,
+        label: 0,
+        class: ClassPart::None,
+        pair: None,
+    };
+}
+
+/// A block's rows waiting for their ends, and the ends.
+struct Waiting {
+    ends: Ends,
+    rows: [Pending; GROUP],
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            ends: Ends::new(),
+            rows: [Pending::NONE; GROUP],
+        }
+    }
+
+    /// Adds a row; a full group is ended at once.
+    #[inline(always)]
+    fn push<S: pulp::Simd>(&mut self, simd: S, row: Pending, end: RowEnd, out: &Outputs) {
+        self.rows[self.ends.len()] = row;
+        self.ends.push(end);
+        if self.ends.is_full() {
+            self.end(simd, out);
+        }
+    }
+
+    /// Ends the rows gathered and writes what they still owe: the losses
+    /// and stats of a loss pass, the label's and the objectness pair's
+    /// gradient where one is written.
+    #[inline(always)]
+    fn end<S: pulp::Simd>(&mut self, simd: S, out: &Outputs) {
+        let Outputs { host, targets, grad } = *out;
+        self.ends.run(simd);
+        let c = host.classes;
+        for (i, row) in self.rows[..self.ends.len()].iter().enumerate() {
+            let ended = self.ends.ended(i);
+            let (loss, stats) = match row.class {
+                ClassPart::None => (0.0, RowStats::NAN),
+                ClassPart::Known(loss, stats) => (loss, stats),
+                ClassPart::Powered(powered) => powered.finish(&ended),
+            };
+            if let Some(up) = grad {
+                let (class_scale, pair_scale) = host.grad_scales(up, row.r);
+                // SAFETY: row r belongs to this thread.
+                let g = unsafe { targets.grad_row(row.r, host.width) };
+                if !matches!(row.class, ClassPart::None) {
+                    g[row.label] = class_scale * ended.label_grad;
+                }
+                if let Some(pair) = row.pair {
+                    pair.write_grad(&ended, &mut g[c..], pair_scale);
+                }
+            }
+            if !targets.class_loss.is_null() {
+                let scale = host.scale(row.r);
+                let objectness = row.pair.map_or(0.0, |pair| pair.loss(&ended));
+                // SAFETY: row r belongs to this thread; the pointers are
+                // valid for the call's rows (`Targets::new`).
+                unsafe { targets.write_row(row.r, scale * loss, scale * objectness, stats) };
+            }
+        }
+        self.ends.clear();
+    }
+}
+
+/// Where a block's rows go: the call's inputs, its outputs, and the upstream
+/// multipliers of the gradient when one is written.
+#[derive(Clone, Copy)]
+struct Outputs<'a> {
+    host: &'a Host<'a>,
+    targets: &'a Targets,
+    grad: Option<&'a HostUpstream<'a>>,
+}
+
 /// The loss pass over a block of rows, compiled for the instruction set
 /// `dispatch` picks; with `grad`, each row's gradient too, while the row is
 /// in cache.
 struct ForwardBlock<'a> {
-    host: &'a Host<'a>,
     /// The powered table, when the call allows the powered passes.
     powered: Option<&'a PoweredCounts>,
     rows: Range<usize>,
-    targets: &'a Targets,
-    /// The upstream multipliers of the gradient to write, when one is.
-    grad: Option<&'a HostUpstream<'a>>,
+    out: Outputs<'a>,
 }
 
 impl pulp::WithSimd for ForwardBlock<'_> {
@@ -589,13 +713,8 @@ impl pulp::WithSimd for ForwardBlock<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let ForwardBlock {
-            host,
-            powered,
-            rows,
-            targets,
-            grad,
-        } = self;
+        let ForwardBlock { powered, rows, out } = self;
+        let Outputs { host, targets, grad } = out;
         let c = host.classes;
         // Taken out of the thread's slot and put back: the row loop must not
         // run inside a closure, which would not get this function's features.
@@ -603,82 +722,66 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         if powered.is_some() && scratch.len() < c {
             scratch.resize(c, 0.0);
         }
+        let mut waiting = Waiting::new();
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
             let ahead = host.ahead(r, end, grad.is_some().then_some(targets));
-            let scale = host.scale(r);
             // SAFETY: row r belongs to this thread.
             let mut g = grad.map(|up| (unsafe { targets.grad_row(r, host.width) }, up));
-            let (loss, stats, objectness) = match host.label(r) {
-                None => {
-                    prefetch_row(ahead);
-                    if let Some((g, _)) = g {
-                        g.fill(0.0);
-                    }
-                    (f32::NAN, RowStats::NAN, f32::NAN)
+            let Some(label) = host.label(r) else {
+                prefetch_row(ahead);
+                if let Some((g, _)) = g {
+                    g.fill(0.0);
                 }
-                Some(label) => {
-                    let (loss, stats) = if label < c {
-                        let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
-                        match powered {
-                            Some(powered) => {
-                                class_forward_powered(simd, powered, &z[..c], label, &mut scratch, class_part, ahead)
-                            }
-                            None => {
-                                let params = &host.params;
-                                let (loss, stats) = class_forward(simd, params, &z[..c], label, host.log_counts, ahead);
-                                if let Some((g_cls, class_scale)) = class_part {
-                                    let counts = host.log_counts;
-                                    class_grad(
-                                        simd,
-                                        params,
-                                        &z[..c],
-                                        label,
-                                        counts,
-                                        stats,
-                                        class_scale,
-                                        g_cls,
-                                        Ahead::NONE,
-                                    );
-                                }
-                                (loss, stats)
-                            }
-                        }
-                    } else {
-                        prefetch_row(ahead);
-                        if let Some((g, _)) = g.as_mut() {
-                            g[..c].fill(0.0);
-                        }
-                        (0.0, RowStats::NAN)
-                    };
-                    let objectness = if host.detection {
-                        let pair = Objectness::new(z[c], z[c + 1], label == c);
-                        if let Some((g, up)) = g {
-                            pair.write_grad(&mut g[c..], host.grad_scales(up, r).1);
-                        }
-                        pair.loss()
-                    } else {
-                        0.0
-                    };
-                    (scale * loss, stats, scale * objectness)
-                }
+                // SAFETY: as in `Waiting::end`.
+                unsafe { targets.write_row(r, f32::NAN, f32::NAN, RowStats::NAN) };
+                continue;
             };
-            // SAFETY: row r belongs to this thread; the pointers are valid for
-            // the call's rows (`Targets::new`).
-            unsafe {
-                *targets.class_loss.add(r) = loss;
-                if host.detection {
-                    *targets.objectness_loss.add(r) = objectness;
-                }
-                if !targets.stats.is_null() {
-                    let row = targets.stats.add(ROW_STATS as usize * r);
-                    for (k, v) in stats.to_array().into_iter().enumerate() {
-                        *row.add(k) = v;
+            let (class, mut row_end) = if label < c {
+                let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
+                match powered {
+                    Some(powered) => {
+                        let row = class_forward_powered(simd, powered, &z[..c], label, &mut scratch, class_part, ahead);
+                        (ClassPart::Powered(row), row.end)
+                    }
+                    None => {
+                        let params = &host.params;
+                        let (loss, stats) = class_forward(simd, params, &z[..c], label, host.log_counts, ahead);
+                        if let Some((g_cls, class_scale)) = class_part {
+                            let counts = host.log_counts;
+                            class_grad(
+                                simd,
+                                params,
+                                &z[..c],
+                                label,
+                                counts,
+                                stats,
+                                class_scale,
+                                g_cls,
+                                Ahead::NONE,
+                            );
+                        }
+                        (
+                            ClassPart::Known(loss, stats),
+                            RowEnd::of_loss(stats.loss(z[label]), 0.0),
+                        )
                     }
                 }
+            } else {
+                prefetch_row(ahead);
+                if let Some((g, _)) = g.as_mut() {
+                    g[..c].fill(0.0);
+                }
+                (ClassPart::None, RowEnd::NONE)
+            };
+            let pair = host.detection.then(|| Objectness::new(z[c], z[c + 1], label == c));
+            if let Some(pair) = pair {
+                row_end.margin = pair.margin();
             }
+            waiting.push(simd, Pending { r, label, class, pair }, row_end, &out);
         }
+        waiting.end(simd, &out);
         SCRATCH.with(|s| s.replace(scratch));
     }
 }
@@ -686,11 +789,9 @@ impl pulp::WithSimd for ForwardBlock<'_> {
 /// The gradient pass over a block of rows, compiled for the instruction set
 /// `dispatch` picks.
 struct BackwardBlock<'a> {
-    host: &'a Host<'a>,
     rows: Range<usize>,
     stats: &'a StatsPtr,
-    up: &'a HostUpstream<'a>,
-    targets: &'a Targets,
+    out: Outputs<'a>,
 }
 
 impl pulp::WithSimd for BackwardBlock<'_> {
@@ -698,14 +799,10 @@ impl pulp::WithSimd for BackwardBlock<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let BackwardBlock {
-            host,
-            rows,
-            stats,
-            up,
-            targets,
-        } = self;
+        let BackwardBlock { rows, stats, out } = self;
+        let Outputs { host, targets, grad } = out;
         let c = host.classes;
+        let mut waiting = Waiting::new();
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
@@ -717,11 +814,10 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                 g.fill(0.0);
                 continue;
             };
-            let (g_cls, g_obj) = g.split_at_mut(c);
-            // SAFETY: row r of the [N, ROW_STATS] stats, written before this read.
-            let row_stats = RowStats::from_array(unsafe { *(stats.0.add(ROW_STATS as usize * r) as *const _) });
-            let (class_scale, obj_scale) = host.grad_scales(up, r);
-            if label < c {
+            let (class, mut row_end) = if label < c {
+                // SAFETY: row r of the [N, ROW_STATS] stats, written before this read.
+                let row_stats = RowStats::from_array(unsafe { *(stats.0.add(ROW_STATS as usize * r) as *const _) });
+                let class_scale = grad.map_or(1.0, |up| host.grad_scales(up, r).0);
                 class_grad(
                     simd,
                     &host.params,
@@ -730,17 +826,23 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                     host.log_counts,
                     row_stats,
                     class_scale,
-                    g_cls,
+                    &mut g[..c],
                     ahead,
                 );
+                let loss = row_stats.loss(z[label]);
+                (ClassPart::Known(loss, row_stats), RowEnd::of_loss(loss, 0.0))
             } else {
                 prefetch_row(ahead);
-                g_cls.fill(0.0);
+                g[..c].fill(0.0);
+                (ClassPart::None, RowEnd::NONE)
+            };
+            let pair = host.detection.then(|| Objectness::new(z[c], z[c + 1], label == c));
+            if let Some(pair) = pair {
+                row_end.margin = pair.margin();
             }
-            if host.detection {
-                Objectness::new(z[c], z[c + 1], label == c).write_grad(g_obj, obj_scale);
-            }
+            waiting.push(simd, Pending { r, label, class, pair }, row_end, &out);
         }
+        waiting.end(simd, &out);
     }
 }
 

@@ -77,6 +77,110 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
 }
 
+/// `ln x` per lane, within one f32 rounding of the exact value for every
+/// positive `x`, subnormals included; `ln 0 = -inf`, `ln inf = inf`, and a
+/// negative `x` or NaN gives NaN.
+///
+/// `x = 2^e m` with `m` in `[sqrt(1/2), sqrt(2))`, and with `f = m - 1`
+/// (exact) and `s = f / (2 + f)` (`|s| <= 0.1716`), `ln m = 2 atanh(s) =
+/// 2s + s R` with `R = 2s^2/3 + 2s^4/5 + 2s^6/7 + 2s^8/9` (the series' next
+/// term is below 2e-9 of the first). As `2s = f - s f`, that is `f - s (f -
+/// R)`: the exact `f` plus a correction at most half its size, so the
+/// roundings fall on the correction. `e ln 2` is added in two parts, the
+/// first exact for every `e` an f32 has.
+#[inline(always)]
+pub(crate) fn ln<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    /// `ln 2` to 9 bits (355/512): `e * LN2_HI` is exact for `|e| < 2^15`.
+    const LN2_HI: f32 = 0.693_359_4;
+    /// `ln 2 - LN2_HI`, to f32.
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Subnormals are scaled by `2^25` first, so that they too have a full
+    /// mantissa.
+    const SUBNORMAL_SCALE: f32 = 33_554_432.0;
+    /// The mantissa bits of `sqrt(2)`: a larger mantissa is halved.
+    const SQRT_2_MANTISSA: u32 = 0x0035_04f3;
+    const MANTISSA: u32 = 0x007f_ffff;
+    /// `bits(2^23) | n` is `2^23 + n` for an integer `n < 2^23`: subtracting
+    /// `2^23` converts `n` to f32 exactly.
+    const TWO_23_BITS: u32 = 0x4b00_0000;
+    const TWO_23: f32 = 8_388_608.0;
+    let f32s = |v: f32| simd.splat_f32s(v);
+    let u32s = |v: u32| simd.splat_u32s(v);
+    let subnormal = simd.less_than_f32s(x, f32s(f32::MIN_POSITIVE));
+    let scaled = simd.select_f32s(subnormal, simd.mul_f32s(x, f32s(SUBNORMAL_SCALE)), x);
+    let bits = simd.transmute_u32s_f32s(scaled);
+    let mantissa = simd.and_u32s(bits, u32s(MANTISSA));
+    let halved = simd.greater_than_u32s(mantissa, u32s(SQRT_2_MANTISSA));
+    // `m` gets the exponent of [1/2, 1) or of [1, 2).
+    let m_exponent = simd.select_u32s(halved, u32s(0x3f00_0000), u32s(0x3f80_0000));
+    let m = simd.transmute_f32s_u32s(simd.or_u32s(mantissa, m_exponent));
+    // The biased exponent, one more where `m` was halved, as a float.
+    let biased = simd.wrapping_dyn_shr_u32s(bits, u32s(23));
+    let biased = simd.add_u32s(biased, simd.select_u32s(halved, u32s(1), u32s(0)));
+    let biased = simd.sub_f32s(
+        simd.transmute_f32s_u32s(simd.or_u32s(biased, u32s(TWO_23_BITS))),
+        f32s(TWO_23),
+    );
+    let bias = simd.select_f32s(subnormal, f32s(127.0 + 25.0), f32s(127.0));
+    let e = simd.sub_f32s(biased, bias);
+    let f = simd.sub_f32s(m, f32s(1.0));
+    let s = simd.div_f32s(f, simd.add_f32s(f, f32s(2.0)));
+    let z = simd.mul_f32s(s, s);
+    let mut r = f32s(2.0 / 9.0);
+    for c in [2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0] {
+        r = simd.mul_add_f32s(r, z, f32s(c));
+    }
+    let r = simd.mul_f32s(r, z);
+    let ln_m = simd.negate_mul_add_f32s(s, simd.sub_f32s(f, r), f);
+    let low = simd.mul_add_f32s(e, f32s(LN2_LO), ln_m);
+    let result = simd.mul_add_f32s(e, f32s(LN2_HI), low);
+    // NaN for negatives and NaN (no comparison holds for NaN), then the ends.
+    let result = simd.select_f32s(simd.greater_than_or_equal_f32s(x, f32s(0.0)), result, f32s(f32::NAN));
+    let result = simd.select_f32s(simd.equal_f32s(x, f32s(0.0)), f32s(f32::NEG_INFINITY), result);
+    simd.select_f32s(simd.equal_f32s(x, f32s(f32::INFINITY)), f32s(f32::INFINITY), result)
+}
+
+/// [`ln`] of one value, inlined (no library call); the same value as a
+/// vector lane's.
+#[inline(always)]
+pub(crate) fn ln_one(x: f32) -> f32 {
+    ln(pulp::Scalar::new(), x)
+}
+
+/// Whether each lane is finite (neither infinite nor NaN).
+#[inline(always)]
+fn is_finite<S: Simd>(simd: S, x: S::f32s) -> S::m32s {
+    simd.less_than_f32s(simd.abs_f32s(x), simd.splat_f32s(f32::INFINITY))
+}
+
+/// `ln(1 + x)` per lane to a few roundings, from one [`ln`]: with `u = 1 +
+/// x` rounded, `ln(u) * x / (u - 1)` corrects the rounding of `u`
+/// (Goldberg's way; `u - 1` is exact). `x` where `u` rounds to 1, and
+/// `ln(u)` where `u` is infinite or NaN.
+#[inline(always)]
+pub(crate) fn ln_1p<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    let u = simd.add_f32s(x, simd.splat_f32s(1.0));
+    let ln_u = ln(simd, u);
+    let corrected = simd.mul_f32s(ln_u, simd.div_f32s(x, simd.sub_f32s(u, simd.splat_f32s(1.0))));
+    let result = simd.select_f32s(is_finite(simd, u), corrected, ln_u);
+    simd.select_f32s(simd.equal_f32s(u, simd.splat_f32s(1.0)), x, result)
+}
+
+/// `e^x - 1` per lane to a few roundings, from one [`exp`] and one [`ln`]:
+/// with `u = e^x` as computed, `(u - 1) * x / ln(u)` (Kahan's way: the
+/// quotient is `(e^t - 1) / t` at the `t = ln u` that `u` stands for, which
+/// varies slowly, so the error of `u` mostly cancels). `x` where `u` rounds
+/// to 1, -1 where `u - 1` does. For `x` in [`exp`]'s range, up to 88.
+#[inline(always)]
+pub(crate) fn exp_m1<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    let one = simd.splat_f32s(1.0);
+    let u = exp(simd, x);
+    let u_m1 = simd.sub_f32s(u, one);
+    let result = simd.mul_f32s(u_m1, simd.div_f32s(x, ln(simd, u)));
+    let result = simd.select_f32s(simd.equal_f32s(u_m1, simd.splat_f32s(-1.0)), u_m1, result);
+    simd.select_f32s(simd.equal_f32s(u, one), x, result)
+}
+
 /// `max(x, low)` per lane with NaN kept. In vector code one `max` with `x`
 /// second: x86's `maxps` returns its second operand when either is NaN, and
 /// NEON's `fmax` returns NaN. The scalar fallback's `f32::max` would drop
@@ -430,6 +534,120 @@ pub(crate) mod tests {
     #[test]
     fn exp_is_within_a_rounding_on_every_arch() {
         for_each_arch(|| ExpCheck);
+    }
+
+    /// `f` over `xs` on one instruction set, every lane of every vector
+    /// and the tail.
+    fn each<S: Simd>(simd: S, xs: &[f32], f: impl Fn(S::f32s) -> S::f32s) -> Vec<f32> {
+        let mut out = vec![0.0f32; xs.len()];
+        let (xh, xt) = S::as_simd_f32s(xs);
+        let (oh, ot) = S::as_mut_simd_f32s(&mut out);
+        for (o, &x) in oh.iter_mut().zip(xh) {
+            *o = f(x);
+        }
+        simd.partial_store_f32s(ot, f(simd.partial_load_f32s(xt)));
+        out
+    }
+
+    /// Checks `got` against float64's `want` within `roundings(x)` f32
+    /// roundings of the result (and 1e-45 absolute, for results near 0);
+    /// infinities and NaN exactly.
+    fn within(name: &str, xs: &[f32], got: &[f32], want: impl Fn(f64) -> f64, roundings: impl Fn(f64) -> f64) {
+        for (&x, &got) in xs.iter().zip(got) {
+            let roundings = roundings(x as f64);
+            let want = want(x as f64);
+            if !want.is_finite() || want.abs() > f32::MAX as f64 {
+                let want = want as f32;
+                assert!(
+                    got == want || (got.is_nan() && want.is_nan()),
+                    "{name}({x:e}) = {got:e}, want {want:e}"
+                );
+                continue;
+            }
+            let bound = roundings * want.abs() * f32::EPSILON as f64 + 1e-45;
+            let err = (got as f64 - want).abs();
+            assert!(
+                err <= bound,
+                "{name}({x:e}) = {got:e}, want {want:e} (off {err:e}, bound {bound:e})"
+            );
+        }
+    }
+
+    struct LogCheck;
+
+    impl WithSimd for LogCheck {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            // Every 4099th positive f32 (all exponents, subnormals
+            // included), the values around the points where the mantissa is
+            // split or 1 + x rounds, and the ends.
+            let mut xs: Vec<f32> = (1..0x7f80_0000u32).step_by(4099).map(f32::from_bits).collect();
+            for centre in [1.0f32, std::f32::consts::SQRT_2, 0.5, 2.0, 1e-7, 6e-8] {
+                let bits = centre.to_bits();
+                xs.extend((bits - 2000..bits + 2000).map(f32::from_bits));
+            }
+            xs.extend([
+                0.0,
+                -0.0,
+                f32::INFINITY,
+                f32::NAN,
+                -1.0,
+                -1e-40,
+                f32::NEG_INFINITY,
+                f32::MAX,
+                1.0,
+            ]);
+            let got = each(simd, &xs, |x| ln(simd, x));
+            within("ln", &xs, &got, f64::ln, |_| 1.0);
+            let got = each(simd, &xs, |x| ln_1p(simd, x));
+            within("ln_1p", &xs, &got, f64::ln_1p, |_| 2.0);
+            // ln_1p's own domain below 0: (-1, 0).
+            let below: Vec<f32> = (0..20000)
+                .map(|i| -1.0 + (i as f32 + 0.5) / 20000.0)
+                .chain([-1.0, -1e-30, -0.5])
+                .collect();
+            let got = each(simd, &below, |x| ln_1p(simd, x));
+            within("ln_1p", &below, &got, f64::ln_1p, |_| 2.0);
+            let one = |x| ln_1p(pulp::Scalar::new(), x);
+            assert_eq!(one(0.0), 0.0);
+            assert_eq!(one(-1.0), f32::NEG_INFINITY);
+            assert_eq!(one(f32::INFINITY), f32::INFINITY);
+            assert_eq!(one(f32::MAX), (f32::MAX as f64).ln() as f32);
+            assert!(one(f32::NAN).is_nan());
+        }
+    }
+
+    #[test]
+    fn logarithms_are_within_a_rounding_or_two_on_every_arch() {
+        for_each_arch(|| LogCheck);
+    }
+
+    struct ExpM1Check;
+
+    impl WithSimd for ExpM1Check {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            let mut xs: Vec<f32> = (0..40000).map(|i| -100.0 + i as f32 * 0.0047).collect();
+            // Near 0, where e^x - 1 is as small as x.
+            xs.extend((1..4000u32).flat_map(|i| {
+                let x = f32::from_bits(0x3300_0000 + i * 0x3000);
+                [x, -x]
+            }));
+            xs.extend([0.0, -0.0, f32::NEG_INFINITY, f32::NAN, 1e-30, -1e-30, 88.0]);
+            let got = each(simd, &xs, |x| exp_m1(simd, x));
+            // Three roundings, and above 0 the exponential's own `|x| * 1.4e-8`
+            // (its rounding of `log2 e`), which the quotient cannot correct
+            // once `e^x - 1` is `e^x`.
+            let bound = |x: f64| 3.0 + x.max(0.0) * 1.4e-8 / f32::EPSILON as f64;
+            within("exp_m1", &xs, &got, f64::exp_m1, bound);
+        }
+    }
+
+    #[test]
+    fn exp_m1_is_within_a_few_roundings_on_every_arch() {
+        for_each_arch(|| ExpM1Check);
     }
 
     /// Runs `op()` under the scalar fallback and every vector instruction
