@@ -625,6 +625,17 @@ impl Pending {
         class: ClassPart::None,
         pair: None,
     };
+
+    /// Row `r` with its label and class part; its pair is added by
+    /// [`Waiting::push_row`].
+    fn of(r: usize, label: usize, class: ClassPart) -> Pending {
+        Pending {
+            r,
+            label,
+            class,
+            pair: None,
+        }
+    }
 }
 
 /// A block's rows waiting for their ends, and the ends.
@@ -639,6 +650,19 @@ impl Waiting {
             ends: Ends::new(),
             rows: [Pending::NONE; GROUP],
         }
+    }
+
+    /// Adds row `z` (`row.r`), with its objectness pair where the head has
+    /// one; a full group is ended at once.
+    #[inline(always)]
+    fn push_row<S: pulp::Simd>(&mut self, simd: S, out: &Outputs, z: &[f32], mut row: Pending, mut end: RowEnd) {
+        let c = out.host.classes;
+        if out.host.detection {
+            let pair = Objectness::new(z[c], z[c + 1], row.label == c);
+            end.margin = pair.margin();
+            row.pair = Some(pair);
+        }
+        self.push(simd, row, end, out);
     }
 
     /// Adds a row; a full group is ended at once.
@@ -738,7 +762,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                 unsafe { targets.write_row(r, f32::NAN, f32::NAN, RowStats::NAN) };
                 continue;
             };
-            let (class, mut row_end) = if label < c {
+            let (class, row_end) = if label < c {
                 let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
                 match powered {
                     Some(powered) => {
@@ -775,11 +799,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                 }
                 (ClassPart::None, RowEnd::NONE)
             };
-            let pair = host.detection.then(|| Objectness::new(z[c], z[c + 1], label == c));
-            if let Some(pair) = pair {
-                row_end.margin = pair.margin();
-            }
-            waiting.push(simd, Pending { r, label, class, pair }, row_end, &out);
+            waiting.push_row(simd, &out, z, Pending::of(r, label, class), row_end);
         }
         waiting.end(simd, &out);
         SCRATCH.with(|s| s.replace(scratch));
@@ -814,7 +834,7 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                 g.fill(0.0);
                 continue;
             };
-            let (class, mut row_end) = if label < c {
+            let (class, row_end) = if label < c {
                 // SAFETY: row r of the [N, ROW_STATS] stats, written before this read.
                 let row_stats = RowStats::from_array(unsafe { *(stats.0.add(ROW_STATS as usize * r) as *const _) });
                 let class_scale = grad.map_or(1.0, |up| host.grad_scales(up, r).0);
@@ -836,11 +856,7 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                 g[..c].fill(0.0);
                 (ClassPart::None, RowEnd::NONE)
             };
-            let pair = host.detection.then(|| Objectness::new(z[c], z[c + 1], label == c));
-            if let Some(pair) = pair {
-                row_end.margin = pair.margin();
-            }
-            waiting.push(simd, Pending { r, label, class, pair }, row_end, &out);
+            waiting.push_row(simd, &out, z, Pending::of(r, label, class), row_end);
         }
         waiting.end(simd, &out);
     }
