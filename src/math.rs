@@ -757,7 +757,7 @@ mod tests {
                         &mut grad,
                         Ahead::NONE,
                     );
-                    grad[label] = end_one(RowEnd::of_loss(stats.loss(z[label]), 0.0)).label_grad;
+                    grad[label] = end_one(RowEnd::of_loss(stats.loss(z[label]))).label_grad;
                     grads.push((name, grad.clone()));
                 }
                 if powered.is_some() {

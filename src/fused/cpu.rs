@@ -662,12 +662,6 @@ impl Waiting {
             end.margin = pair.margin();
             row.pair = Some(pair);
         }
-        self.push(simd, row, end, out);
-    }
-
-    /// Adds a row; a full group is ended at once.
-    #[inline(always)]
-    fn push<S: pulp::Simd>(&mut self, simd: S, row: Pending, end: RowEnd, out: &Outputs) {
         self.rows[self.ends.len()] = row;
         self.ends.push(end);
         if self.ends.is_full() {
@@ -786,10 +780,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                                 Ahead::NONE,
                             );
                         }
-                        (
-                            ClassPart::Known(loss, stats),
-                            RowEnd::of_loss(stats.loss(z[label]), 0.0),
-                        )
+                        (ClassPart::Known(loss, stats), RowEnd::of_loss(stats.loss(z[label])))
                     }
                 }
             } else {
@@ -850,7 +841,7 @@ impl pulp::WithSimd for BackwardBlock<'_> {
                     ahead,
                 );
                 let loss = row_stats.loss(z[label]);
-                (ClassPart::Known(loss, row_stats), RowEnd::of_loss(loss, 0.0))
+                (ClassPart::Known(loss, row_stats), RowEnd::of_loss(loss))
             } else {
                 prefetch_row(ahead);
                 g[..c].fill(0.0);

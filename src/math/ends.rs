@@ -45,11 +45,11 @@ impl RowEnd {
     };
 
     /// A row whose loss before its clamp is known (from its stats): only
-    /// the label's gradient and the objectness pair are left.
-    pub(crate) fn of_loss(loss: f32, margin: f32) -> RowEnd {
+    /// the label's gradient (and the objectness pair, whose margin the
+    /// caller sets) are left.
+    pub(crate) fn of_loss(loss: f32) -> RowEnd {
         RowEnd {
             before: loss,
-            margin,
             ..RowEnd::NONE
         }
     }
@@ -125,13 +125,14 @@ impl Ends {
         self.len += 1;
     }
 
-    /// Empties the group; the slots keep finite values.
+    /// Empties the group; the slots keep the last rows' values.
     pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
 
-    /// Computes every gathered row's end (the slots past `len()` hold
-    /// finite leftovers, computed and never read).
+    /// Computes every gathered row's end (the slots past `len()` hold an
+    /// earlier group's rows, or [`RowEnd::NONE`]'s values: computed lane by
+    /// lane and never read).
     #[inline(always)]
     pub(crate) fn run<S: Simd>(&mut self, simd: S) {
         fn lanes<S: Simd>(a: &[f32; GROUP]) -> &[S::f32s] {
