@@ -389,36 +389,51 @@ fn fold<S: Simd, M: LaneMap<S>, const KEEP: bool>(
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (kh, kt) = S::as_mut_simd_f32s(if KEEP { &mut kept[..z.len()] } else { &mut [] });
     let zero = simd.splat_f32s(0.0);
+    // Indexed by constants only (the loops below unroll), so that the
+    // accumulators live in registers: an index known only at run time would
+    // keep them in memory, stored on every step of the loop.
     let mut acc = [zero; ACCUMULATORS];
-    let (zq, wq) = (zh.chunks_exact(ACCUMULATORS), wh.chunks_exact(ACCUMULATORS));
-    let (zr, wr) = (zq.remainder(), wq.remainder());
+    let (zq, zr) = zh.as_chunks::<ACCUMULATORS>();
+    let (wq, wr) = wh.as_chunks::<ACCUMULATORS>();
+    let (kq, kr) = kh.as_chunks_mut::<ACCUMULATORS>();
+    if KEEP {
+        // True by construction (`kept` is cut to `z`'s length); said so
+        // that the stores below need no bounds check of their own.
+        assert!(kq.len() == zq.len() && kr.len() == zr.len());
+    }
     let step = ACCUMULATORS * S::F32_LANES;
-    for (i, (zs, ws)) in zq.zip(wq).enumerate() {
+    for (i, (zs, ws)) in zq.iter().zip(wq).enumerate() {
         prefetch_step(ahead, i * step, step);
+        let mut vs = [zero; ACCUMULATORS];
         for k in 0..ACCUMULATORS {
-            let v = map.apply(simd, zs[k], ws[k]);
+            vs[k] = map.apply(simd, zs[k], ws[k]);
+            acc[k] = simd.add_f32s(acc[k], vs[k]);
+        }
+        if KEEP {
+            kq[i] = vs;
+        }
+    }
+    prefetch_from(ahead, zq.len() * step);
+    for k in 0..ACCUMULATORS {
+        if k < zr.len() {
+            let v = map.apply(simd, zr[k], wr[k]);
             if KEEP {
-                kh[i * ACCUMULATORS + k] = v;
+                kr[k] = v;
             }
             acc[k] = simd.add_f32s(acc[k], v);
         }
-    }
-    let done = zh.len() - zr.len();
-    prefetch_from(ahead, done * S::F32_LANES);
-    for (k, (&zv, &wv)) in zr.iter().zip(wr).enumerate() {
-        let v = map.apply(simd, zv, wv);
-        if KEEP {
-            kh[done + k] = v;
-        }
-        acc[k] = simd.add_f32s(acc[k], v);
     }
     if !zt.is_empty() {
         let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
         if KEEP {
             simd.partial_store_f32s(kt, v);
         }
-        let k = zr.len();
-        acc[k] = simd.add_f32s(acc[k], simd.select_f32s(tail_mask(simd, zt.len()), v, zero));
+        let v = simd.select_f32s(tail_mask(simd, zt.len()), v, zero);
+        for (k, a) in acc.iter_mut().enumerate() {
+            if k == zr.len() {
+                *a = simd.add_f32s(*a, v);
+            }
+        }
     }
     total(simd, acc)
 }
