@@ -425,6 +425,23 @@ impl<S: Simd> LaneMap<S> for Power {
     }
 }
 
+/// `ln n` per lane (the log-count table's `ln(max(n, 1))`, from `max(n, 1)`).
+#[derive(Clone, Copy)]
+struct Ln;
+
+impl<S: Simd> LaneMap<S> for Ln {
+    #[inline(always)]
+    fn apply(self, simd: S, n: S::f32s, _: S::f32s) -> S::f32s {
+        lanes::ln(simd, n)
+    }
+}
+
+/// The log-count table: `out_j = ln(counts_j)` for counts already at least 1.
+#[inline(always)]
+pub(crate) fn log_counts<S: Simd>(simd: S, counts: &[f32], out: &mut [f32]) {
+    lanes::store(simd, Ln, counts, counts, out, Ahead::NONE);
+}
+
 impl PoweredCounts {
     /// The largest exponent either factor may reach (module documentation).
     const LIMIT: f32 = 60.0;
@@ -467,17 +484,48 @@ struct PoweredTerm {
     q: SmallQ,
 }
 
-impl<S: Simd> LaneMap<S> for PoweredTerm {
+impl PoweredTerm {
+    /// The term's two factors, `e_j min(P_j, P_y)` and `max(1, (e_j k)^q)`
+    /// (none for `q = 0`).
     #[inline(always)]
-    fn apply(self, simd: S, e: S::f32s, powered: S::f32s) -> S::f32s {
+    fn factors<S: Simd>(self, simd: S, e: S::f32s, powered: S::f32s) -> (S::f32s, Option<S::f32s>) {
         let mitigated = simd.mul_f32s(e, simd.min_f32s(powered, simd.splat_f32s(self.p_y)));
         let ratio = simd.mul_f32s(e, simd.splat_f32s(self.k));
         let c = match self.q {
-            SmallQ::Zero => return mitigated,
+            SmallQ::Zero => return (mitigated, None),
             SmallQ::One => ratio,
             SmallQ::Two => simd.mul_f32s(ratio, ratio),
         };
-        simd.mul_f32s(mitigated, simd.max_f32s(c, simd.splat_f32s(1.0)))
+        (mitigated, Some(simd.max_f32s(c, simd.splat_f32s(1.0))))
+    }
+}
+
+impl<S: Simd> LaneMap<S> for PoweredTerm {
+    #[inline(always)]
+    fn apply(self, simd: S, e: S::f32s, powered: S::f32s) -> S::f32s {
+        match self.factors(simd, e, powered) {
+            (mitigated, None) => mitigated,
+            (mitigated, Some(compensation)) => simd.mul_f32s(mitigated, compensation),
+        }
+    }
+
+    #[inline(always)]
+    fn add_to(self, simd: S, acc: S::f32s, e: S::f32s, powered: S::f32s) -> S::f32s {
+        match self.factors(simd, e, powered) {
+            (mitigated, None) => simd.add_f32s(acc, mitigated),
+            (mitigated, Some(compensation)) => simd.mul_add_f32s(mitigated, compensation, acc),
+        }
+    }
+
+    #[inline(always)]
+    fn apply_and_add(self, simd: S, acc: S::f32s, e: S::f32s, powered: S::f32s) -> (S::f32s, S::f32s) {
+        match self.factors(simd, e, powered) {
+            (mitigated, None) => (mitigated, simd.add_f32s(acc, mitigated)),
+            (mitigated, Some(compensation)) => (
+                simd.mul_f32s(mitigated, compensation),
+                simd.mul_add_f32s(mitigated, compensation, acc),
+            ),
+        }
     }
 }
 

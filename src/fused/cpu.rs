@@ -21,8 +21,8 @@ use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
 use crate::math::{
-    class_forward, class_forward_powered, class_grad, dispatch, prefetch_row, Ahead, Ends, Lines, Objectness,
-    PoweredCounts, PoweredRow, RowEnd, RowStats, GROUP,
+    class_forward, class_forward_powered, class_grad, dispatch, log_counts, prefetch_row, Ahead, Ends, Lines,
+    Objectness, PoweredCounts, PoweredRow, RowEnd, RowStats, GROUP,
 };
 use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
@@ -44,7 +44,6 @@ pub(crate) fn prepare(
     weights: Option<&Tensor>,
     counts: &Tensor,
     histogram: Option<&Tensor>,
-    cache: &mut LogCountCache,
 ) -> Result<(Tensor, Tensor, Option<BadBatch>)> {
     for t in [Some(counts), histogram].into_iter().flatten() {
         ensure!(
@@ -110,44 +109,32 @@ pub(crate) fn prepare(
             *counter += 1; // cannot overflow: every counter is at most i64::MAX - n
         }
     }
-    let log_counts = host_tensor(cache.table(&count_values[..classes]).iter().copied())?;
+    let log_counts = log_count_table(&count_values[..classes])?;
     let mut state = [0i64; STATE_LEN as usize];
     state[STATE_BAD as usize] = bad.is_some() as i64;
     state[STATE_POSITIVE as usize] = positive;
     Ok((log_counts, host_tensor(state.into_iter())?, bad))
 }
 
-/// The last log-count table a loss's CPU calls made, with the counts it was
-/// made from: a call recomputes `ln` only for the counters that changed
-/// since (a step's labels touch few of them), not for all C. Comparing with
-/// the counts themselves keeps it right whatever changed them (a checkpoint
-/// load, a test setting them).
-#[derive(Default)]
-pub(crate) struct LogCountCache {
-    counts: Vec<i64>,
-    table: Vec<f32>,
-}
-
-impl LogCountCache {
-    /// `log(max(n, 1))` of `counts`, in f32.
-    fn table(&mut self, counts: &[i64]) -> &[f32] {
-        if self.counts.len() != counts.len() {
-            self.counts = counts.to_vec();
-            self.table = counts.iter().map(|&c| log_count(c)).collect();
+/// `ln(max(n, 1))` of each count, in f32, as `seesaw_prepare` computes it
+/// (to within a rounding: both `ln`s are within one of the exact value), in
+/// vector code: all C at once cost less than finding the few that changed.
+fn log_count_table(counts: &[i64]) -> Result<Tensor> {
+    struct Table<'a>(&'a [f32], &'a mut [f32]);
+    impl pulp::WithSimd for Table<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            log_counts(simd, self.0, self.1)
         }
-        for ((cached, table), &now) in self.counts.iter_mut().zip(&mut self.table).zip(counts) {
-            if *cached != now {
-                *cached = now;
-                *table = log_count(now);
-            }
-        }
-        &self.table
     }
-}
-
-/// `log(max(n, 1))` in f32, as `seesaw_prepare` computes it.
-fn log_count(n: i64) -> f32 {
-    (n.max(1) as f32).ln()
+    let values: Vec<f32> = counts.iter().map(|&n| n.max(1) as f32).collect();
+    let table = Tensor::f_empty([counts.len() as i64], (Kind::Float, Device::Cpu))?;
+    // SAFETY: a fresh contiguous f32 tensor of `counts.len()` values, not
+    // shared yet.
+    let out = unsafe { std::slice::from_raw_parts_mut(table.data_ptr() as *mut f32, counts.len()) };
+    dispatch(Table(&values, out));
+    Ok(table)
 }
 
 /// A 1-D CPU tensor of `values`, written in place: `Tensor::from_slice`
@@ -365,8 +352,7 @@ fn reduced(host: &Host, rows: LossRows) -> Result<(Tensor, Option<Tensor>)> {
     // SAFETY: fresh contiguous f32 tensors of `rows()` values.
     let sum = |t: &Tensor, divisor: f32| {
         let values = unsafe { slice::<f32>(t, host.rows()) };
-        let total: f64 = values.iter().map(|&v| v as f64).sum();
-        host_scalar((total as f32) / divisor)
+        host_scalar((sum_f64(values) as f32) / divisor)
     };
     let classes = sum(&rows.class_loss, host.divisors.0)?;
     let objectness = rows
@@ -375,6 +361,26 @@ fn reduced(host: &Host, rows: LossRows) -> Result<(Tensor, Option<Tensor>)> {
         .map(|o| sum(o, host.divisors.1))
         .transpose()?;
     Ok((classes, objectness))
+}
+
+/// `sum(values)` in f64, in a fixed order whatever the number of threads:
+/// value `i` goes to partial sum `i % 8`, and the eight are added pairwise.
+/// Independent partial sums, so that the additions overlap; one running sum
+/// waited on each of a batch's row losses in turn.
+fn sum_f64(values: &[f32]) -> f64 {
+    const PARTS: usize = 8;
+    let mut parts = [0.0f64; PARTS];
+    let (chunks, rest) = values.as_chunks::<PARTS>();
+    for chunk in chunks {
+        for (part, &v) in parts.iter_mut().zip(chunk) {
+            *part += v as f64;
+        }
+    }
+    for (part, &v) in parts.iter_mut().zip(rest) {
+        *part += v as f64;
+    }
+    let [a, b, c, d, e, f, g, h] = parts;
+    ((a + b) + (c + d)) + ((e + f) + (g + h))
 }
 
 /// Loss pass: the reduced parts (per row for [`Reduction::None`]) and the
@@ -860,4 +866,45 @@ unsafe fn slice<T>(t: &Tensor, len: usize) -> &[T] {
         return &[];
     }
     std::slice::from_raw_parts(t.data_ptr() as *const T, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table is `ln(max(n, 1))` to within one f32 rounding of the exact
+    /// value, for counts a run meets (0 and 1 give 0) and counts past f32's
+    /// exact integers.
+    #[test]
+    fn log_count_table_is_ln_of_the_counts() {
+        let counts: Vec<i64> = [-3, 0, 1, 2, 3, 7, 1000, 123_456_789, 1 << 40, i64::MAX]
+            .into_iter()
+            .chain((0..2000).map(|i| i * i * 37 + i))
+            .collect();
+        let table = log_count_table(&counts).expect("a table");
+        let values = Vec::<f32>::try_from(&table).expect("f32 values");
+        assert_eq!(values.len(), counts.len());
+        for (&n, &got) in counts.iter().zip(&values) {
+            let exact = (n.max(1) as f32 as f64).ln();
+            let rounding = f32::EPSILON as f64 * exact.abs().max(f32::MIN_POSITIVE as f64);
+            assert!(
+                (got as f64 - exact).abs() <= rounding,
+                "ln({n}) = {got}, exactly {exact}"
+            );
+        }
+    }
+
+    /// Every value is added once, whatever the length's remainder over the
+    /// eight partial sums (small integers, so the sums are exact).
+    #[test]
+    fn sum_f64_adds_every_value() {
+        for len in 0..40usize {
+            let values: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            assert_eq!(
+                sum_f64(&values),
+                (len * len.saturating_sub(1) / 2) as f64,
+                "length {len}"
+            );
+        }
+    }
 }

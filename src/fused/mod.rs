@@ -184,8 +184,6 @@ pub(crate) struct Prepared {
 pub(crate) struct LossState {
     /// Where the kernels record a bad batch (made at the first kernel call).
     pub record: Option<ErrorRecord>,
-    /// The CPU mirror's last log-count table.
-    pub log_counts: cpu::LogCountCache,
 }
 
 /// The prepare step of a fused call: checks the batch, adds its labels to
@@ -203,8 +201,7 @@ pub(crate) fn prepare(
 ) -> Result<Prepared> {
     match rows_on(labels.device())? {
         RowsOn::Mirror => {
-            let (log_counts, state, bad) =
-                cpu::prepare(params, labels, weights, counts, histogram, &mut state.log_counts)?;
+            let (log_counts, state, bad) = cpu::prepare(params, labels, weights, counts, histogram)?;
             Ok(Prepared { log_counts, state, bad })
         }
         RowsOn::Kernel => {
