@@ -8,7 +8,8 @@
 //! `cargo bench --bench step_parts` measures LVIS detection at N = 4096;
 //! `cargo bench --bench step_parts -- imagenet-lt:4096` picks a shape
 //! (`name:rows`, from `benches/common`). `SEESAW_BENCH_QUICK=1` takes few
-//! rounds (a smoke run).
+//! rounds (a smoke run). Freed blocks stay in the heap, as in `step_ratio`
+//! (`common::steady_heap`).
 
 mod common;
 
@@ -30,6 +31,7 @@ const PARTS: [&str; 9] = [
 ];
 
 fn main() {
+    common::steady_heap();
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let pick = std::env::args()
         .skip(1)

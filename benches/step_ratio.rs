@@ -6,7 +6,10 @@
 //! `cargo bench --bench step_ratio` measures LVIS detection at N = 4096 and
 //! N = 16; `cargo bench --bench step_ratio -- lvis-det:4096 imagenet-lt:4096`
 //! picks shapes (`name:rows`, from `benches/common`). `SEESAW_BENCH_QUICK=1`
-//! takes few samples (a smoke run).
+//! takes few samples (a smoke run). Freed blocks stay in the heap
+//! (`common::steady_heap`; `SEESAW_BENCH_GLIBC_HEAP=1` leaves glibc's
+//! defaults, under which the ratio follows glibc's trimming rather than the
+//! steps).
 
 mod common;
 
@@ -62,6 +65,7 @@ fn measure(shape: &Shape, samples: usize) {
 }
 
 fn main() {
+    common::steady_heap();
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let mut picks: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if picks.is_empty() {

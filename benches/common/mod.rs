@@ -92,3 +92,29 @@ impl Shape {
             .collect()
     }
 }
+
+/// Keeps every freed block in the heap for the rest of the run (glibc:
+/// no `mmap` for large blocks, no trimming of the heap's top), unless
+/// `SEESAW_BENCH_GLIBC_HEAP=1` leaves glibc's defaults.
+///
+/// By default glibc gives a freed block of tens of MB back to the system
+/// when the heap's free top passes a threshold it moves as it goes, and the
+/// next allocation faults the pages in again, zeroed by the kernel. Whether
+/// a step meets that depends on the order and sizes of every allocation in
+/// the process, so a change elsewhere (a 5 KB buffer more or less) moved
+/// cross-entropy's step by 15% and the ratio of the two steps from 0.37x to
+/// 0.45x with the fused step unchanged (benches/RESULTS.md). With the heap
+/// kept, no step faults a page in once the first steps have grown it: the
+/// steady state of a training loop whose allocations repeat, and the same
+/// for every build.
+pub fn steady_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if !std::env::var("SEESAW_BENCH_GLIBC_HEAP").is_ok_and(|v| v == "1") {
+        // SAFETY: mallopt only sets allocator parameters; called before
+        // any other thread allocates.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
