@@ -101,9 +101,10 @@ impl Shape {
 /// when the heap's free top passes a threshold it moves as it goes, and the
 /// next allocation faults the pages in again, zeroed by the kernel. Whether
 /// a step meets that depends on the order and sizes of every allocation in
-/// the process, so a change elsewhere (a 5 KB buffer more or less) moved
-/// cross-entropy's step by 15% and the ratio of the two steps from 0.37x to
-/// 0.45x with the fused step unchanged (benches/RESULTS.md). With the heap
+/// the process: the same fused step next to cross-entropy's read 0.36-0.39x
+/// in one build and 0.20x in another whose only change was this function,
+/// switched off (about 4,400 page faults per pair of steps against 900, and
+/// cross-entropy's step twice as long; benches/RESULTS.md). With the heap
 /// kept, no step faults a page in once the first steps have grown it: the
 /// steady state of a training loop whose allocations repeat, and the same
 /// for every build.
