@@ -123,6 +123,9 @@ mod lanes;
 
 use crate::params::{SeesawParams, ROW_STATS, UNDERFLOW};
 pub(crate) use ends::{Ended, Ends, RowEnd, GROUP};
+/// The vector functions' accuracy check, for the callers' tests.
+#[cfg(test)]
+pub(crate) use lanes::tests::within;
 pub(crate) use lanes::{dispatch, Ahead, Lines};
 use lanes::{exp, ln_one, LaneMap};
 use pulp::Simd;

@@ -577,7 +577,13 @@ pub(crate) mod tests {
     /// Checks `got` against float64's `want` within `roundings(x)` f32
     /// roundings of the result (and 1e-45 absolute, for results near 0);
     /// infinities and NaN exactly.
-    fn within(name: &str, xs: &[f32], got: &[f32], want: impl Fn(f64) -> f64, roundings: impl Fn(f64) -> f64) {
+    pub(crate) fn within(
+        name: &str,
+        xs: &[f32],
+        got: &[f32],
+        want: impl Fn(f64) -> f64,
+        roundings: impl Fn(f64) -> f64,
+    ) {
         for (&x, &got) in xs.iter().zip(got) {
             let roundings = roundings(x as f64);
             let want = want(x as f64);
