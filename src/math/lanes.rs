@@ -339,27 +339,65 @@ impl Ahead {
     };
 }
 
-/// Asks for the cache lines that hold value `at` of `ahead`'s rows, where
-/// they have one; hints that never fault (nothing off x86-64).
+/// Asks for the cache line that holds value `at` of `lines`' row, with
+/// intent to write when `WRITE`; a hint that never faults (nothing off
+/// x86-64). `at` is within the row.
+///
+/// The write hint is `PREFETCHW` only where the build enables `prfchw`;
+/// the instruction sets the row passes are compiled for do not, and it
+/// comes out as `PREFETCHT0`. A line that no other core holds then
+/// arrives exclusive, and the store takes it over with no second request:
+/// an explicit `PREFETCHW` measured the same (benches/RESULTS.md).
 #[inline(always)]
-fn prefetch_at(ahead: Ahead, at: usize) {
+fn ask<const WRITE: bool>(lines: Lines, at: usize) {
+    #[cfg(test)]
+    tests::asked(WRITE, lines.start.wrapping_add(at));
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        // SAFETY: a prefetch never faults, and SSE is part of x86_64; the
-        // addresses are in bounds of their rows (`wrapping_add` reads
-        // nothing).
+        let line = lines.start.wrapping_add(at).cast();
+        // SAFETY: a prefetch never faults, and SSE is part of x86_64
+        // (`wrapping_add` reads nothing).
         unsafe {
-            if at < ahead.read.len {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.read.start.wrapping_add(at).cast());
-            }
-            if at < ahead.write.len {
-                _mm_prefetch::<_MM_HINT_ET0>(ahead.write.start.wrapping_add(at).cast());
+            if WRITE {
+                _mm_prefetch::<_MM_HINT_ET0>(line);
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(line);
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ahead, at);
+    let _ = (lines, at);
+}
+
+/// Asks for the cache lines that hold value `at` of `ahead`'s rows, where
+/// they have one.
+#[inline(always)]
+fn prefetch_at(ahead: Ahead, at: usize) {
+    if at < ahead.read.len {
+        ask::<false>(ahead.read, at);
+    }
+    if at < ahead.write.len {
+        ask::<true>(ahead.write, at);
+    }
+}
+
+/// Asks for the lines of `lines`' row that start in values `from..to`.
+/// A step that lies inside the row (all but a row's last) is checked
+/// once, not line by line: its requests are then straight-line code, with
+/// no compare and branch per line in the loop that calls it.
+#[inline(always)]
+fn ask_step<const WRITE: bool>(lines: Lines, from: usize, to: usize) {
+    let first = from.next_multiple_of(LINE);
+    if to <= lines.len {
+        for at in (first..to).step_by(LINE) {
+            ask::<WRITE>(lines, at);
+        }
+    } else {
+        for at in (first..to.min(lines.len)).step_by(LINE) {
+            ask::<WRITE>(lines, at);
+        }
+    }
 }
 
 /// Asks for the lines of `ahead`'s rows from value `from` on: what a loop
@@ -384,9 +422,8 @@ pub(crate) fn prefetch_from(ahead: Ahead, from: usize) {
 /// request per line and row whatever the vector width.
 #[inline(always)]
 fn prefetch_step(ahead: Ahead, from: usize, len: usize) {
-    for at in (from.next_multiple_of(LINE)..from + len).step_by(LINE) {
-        prefetch_at(ahead, at);
-    }
+    ask_step::<false>(ahead.read, from, from + len);
+    ask_step::<true>(ahead.write, from, from + len);
 }
 
 /// The one loop behind the sums: `sum_j map(z_j, w_j)` over two equally
@@ -554,6 +591,93 @@ pub(crate) mod tests {
                 assert_eq!(got[2], 1.0);
             }
         }
+    }
+
+    thread_local! {
+        /// The addresses `ask` was given on this thread, with its write flag.
+        static ASKED: std::cell::RefCell<Vec<(bool, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn asked(write: bool, value: *const f32) {
+        ASKED.with(|a| a.borrow_mut().push((write, value as usize)));
+    }
+
+    /// `z + w`: a map for the loops whose requests are checked.
+    #[derive(Clone, Copy)]
+    struct Plus;
+
+    impl<S: Simd> LaneMap<S> for Plus {
+        #[inline(always)]
+        fn apply(self, simd: S, z: S::f32s, w: S::f32s) -> S::f32s {
+            simd.add_f32s(z, w)
+        }
+    }
+
+    /// Each loop that walks a row asks for every cache line of `ahead`'s
+    /// rows, and for nothing outside them, whatever the lengths of the row
+    /// and of the rows ahead and wherever those start within a line.
+    struct AheadCheck;
+
+    impl WithSimd for AheadCheck {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            let values = vec![1.0f32; 8192];
+            let mut out = vec![0.0f32; 2048];
+            for len in [0, 1, 15, 16, 17, 63, 64, 65, 100, 1203] {
+                let z = &values[..len];
+                for (read_len, write_len) in [(0, 0), (5, 0), (1203, 0), (1205, 1205), (0, 77), (2000, 33)] {
+                    for shift in [0, 1, 7, 15] {
+                        let read = &values[2048 + shift..][..read_len];
+                        let write = &values[4096 + shift..][..write_len];
+                        let ahead = Ahead {
+                            read: Lines::of(read),
+                            write: Lines::of(write),
+                        };
+                        for which in ["sum", "sum_keeping", "store"] {
+                            ASKED.with(|a| a.borrow_mut().clear());
+                            match which {
+                                "sum" => drop(sum(simd, Plus, z, z, ahead)),
+                                "sum_keeping" => drop(sum_keeping(simd, Plus, z, z, &mut out, ahead)),
+                                _ => store(simd, Plus, z, z, &mut out, ahead),
+                            }
+                            let asked = ASKED.with(|a| a.take());
+                            for (write, row) in [(false, read), (true, write)] {
+                                let start = row.as_ptr() as usize;
+                                let end = start + 4 * row.len();
+                                let lines: std::collections::BTreeSet<usize> = asked
+                                    .iter()
+                                    .filter(|&&(w, _)| w == write)
+                                    .map(|&(_, at)| {
+                                        assert!(
+                                            (start..end).contains(&at),
+                                            "loop {which} asked outside its row (length {len}, row {}, shift {shift})",
+                                            row.len()
+                                        );
+                                        at / 64
+                                    })
+                                    .collect();
+                                let want: std::collections::BTreeSet<usize> = match row.len() {
+                                    0 => Default::default(),
+                                    _ => (start / 64..=(end - 1) / 64).collect(),
+                                };
+                                assert_eq!(
+                                    lines,
+                                    want,
+                                    "loop {which}, length {len}, row of {} from value {shift}, write {write}",
+                                    row.len()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_loops_ask_for_every_line_ahead_and_nothing_else() {
+        for_each_arch(|| AheadCheck);
     }
 
     #[test]
