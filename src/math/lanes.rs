@@ -594,12 +594,18 @@ pub(crate) mod tests {
     }
 
     thread_local! {
-        /// The addresses `ask` was given on this thread, with its write flag.
-        static ASKED: std::cell::RefCell<Vec<(bool, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// The addresses `ask` was given on this thread, with its write
+        /// flag, while a test records them (`None` otherwise: the other
+        /// tests' row passes record nothing).
+        static ASKED: std::cell::RefCell<Option<Vec<(bool, usize)>>> = const { std::cell::RefCell::new(None) };
     }
 
     pub(super) fn asked(write: bool, value: *const f32) {
-        ASKED.with(|a| a.borrow_mut().push((write, value as usize)));
+        ASKED.with(|a| {
+            if let Some(asked) = a.borrow_mut().as_mut() {
+                asked.push((write, value as usize));
+            }
+        });
     }
 
     /// `z + w`: a map for the loops whose requests are checked.
@@ -635,13 +641,13 @@ pub(crate) mod tests {
                             write: Lines::of(write),
                         };
                         for which in ["sum", "sum_keeping", "store"] {
-                            ASKED.with(|a| a.borrow_mut().clear());
+                            ASKED.with(|a| a.replace(Some(Vec::new())));
                             match which {
                                 "sum" => drop(sum(simd, Plus, z, z, ahead)),
                                 "sum_keeping" => drop(sum_keeping(simd, Plus, z, z, &mut out, ahead)),
                                 _ => store(simd, Plus, z, z, &mut out, ahead),
                             }
-                            let asked = ASKED.with(|a| a.take());
+                            let asked = ASKED.with(|a| a.take()).unwrap_or_default();
                             for (write, row) in [(false, read), (true, write)] {
                                 let start = row.as_ptr() as usize;
                                 let end = start + 4 * row.len();
