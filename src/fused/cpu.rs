@@ -485,7 +485,7 @@ struct StatsPtr(*const f32);
 // SAFETY: read at the rows of the reading thread only.
 unsafe impl Sync for StatsPtr {}
 
-/// How many rows ahead a gradient row is asked for with intent to write:
+/// How many rows ahead a gradient row is asked for with a write hint:
 /// the read of the next logits row is one row ahead, and a store must find
 /// its line owned, so the request goes out earlier (two rows measured a
 /// little faster than one, four no better; benches/RESULTS.md).

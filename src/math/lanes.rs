@@ -321,7 +321,7 @@ impl Lines {
 
 /// What a row pass asks for while it walks its row: `read`, the logits row
 /// it takes next, and `write`, a gradient row it will write later, asked
-/// for with intent to write. A store to a line the core does not own waits
+/// for with a write hint (what that compiles to: [`ask`]). A store to a line the core does not own waits
 /// for the line to be read in first; a fresh gradient is in no cache, and
 /// its stores stalled a gradient pass whatever its arithmetic cost
 /// (benches/RESULTS.md).
