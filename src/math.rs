@@ -238,7 +238,7 @@ impl Adjustment {
     #[inline(always)]
     fn adjusted<S: Simd>(&self, simd: S, z: S::f32s, log_n: S::f32s) -> S::f32s {
         let zero = simd.splat_f32s(0.0);
-        let u = simd.sub_f32s(z, simd.splat_f32s(self.base));
+        let u = lanes::minus(simd, z, self.base);
         let mitigation = simd.min_f32s(simd.sub_f32s(log_n, simd.splat_f32s(self.log_n_y)), zero);
         let compensation = lanes::above_zero(simd, simd.sub_f32s(u, simd.splat_f32s(self.threshold)));
         let adjusted = simd.mul_add_f32s(simd.splat_f32s(self.p), mitigation, u);
@@ -279,15 +279,16 @@ struct ShiftedExp {
 impl<S: Simd> LaneMap<S> for ShiftedExp {
     #[inline(always)]
     fn apply(self, simd: S, z: S::f32s, _: S::f32s) -> S::f32s {
-        exp(simd, simd.sub_f32s(z, simd.splat_f32s(self.shift)))
+        exp(simd, lanes::minus(simd, z, self.shift))
     }
 }
 
-/// `exp(min(z_j - shift, LABEL_SHIFT_CAP))` per lane: [`ShiftedExp`] for a
-/// shift that may lie below some logits (the label's), where [`exp`] alone
-/// would be out of its range. A capped lane is above `LABEL_SHIFT_LIMIT` by
-/// itself, so its row is summed again against its maximum; so is a NaN,
-/// whether the cap keeps it or not.
+/// `exp(z_j - shift)` per lane up to `LABEL_SHIFT_CAP`, at least
+/// `exp(LABEL_SHIFT_CAP)` above it ([`lanes::exp_capped`]): [`ShiftedExp`]
+/// for a shift that may lie below some logits (the label's), where [`exp`]
+/// alone would be out of its range. A lane past the cap is above
+/// `LABEL_SHIFT_LIMIT` by itself, so its row is summed again against its
+/// maximum; so is a NaN.
 #[derive(Clone, Copy)]
 struct CappedExp {
     shift: f32,
@@ -299,8 +300,8 @@ const LABEL_SHIFT_CAP: f32 = 21.0;
 impl<S: Simd> LaneMap<S> for CappedExp {
     #[inline(always)]
     fn apply(self, simd: S, z: S::f32s, _: S::f32s) -> S::f32s {
-        let x = simd.sub_f32s(z, simd.splat_f32s(self.shift));
-        exp(simd, simd.min_f32s(x, simd.splat_f32s(LABEL_SHIFT_CAP)))
+        let x = lanes::minus(simd, z, self.shift);
+        lanes::exp_capped(simd, x, LABEL_SHIFT_CAP)
     }
 }
 

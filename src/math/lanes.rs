@@ -25,17 +25,15 @@ const IOTA: [f32; 64] = {
     iota
 };
 
-/// `e^x` per lane, for `x <= 88`, as `2^(x log2 e)` with one rounding, a
-/// degree-6 polynomial and one integer multiply; no table, no libm call.
+/// `e^x` per lane, for `x <= 88` (and on AVX-512 for every `x`, below),
+/// as `2^(x log2 e)` with one rounding and a degree-6 polynomial; no table,
+/// no libm call.
 ///
-/// - `x` is clamped below at `-127 ln 2`; `e^x` of anything at or below
-///   `-126.5 ln 2` (about -87.7) is 0 (exactly 0 for `-inf`), which no sum or
-///   gradient here can tell from the subnormal it replaces.
+/// - `x` is clamped below, as low as [`ExpScale`] allows: `e^-inf` is
+///   exactly 0.
 /// - `t = x log2(e) + (1.5 * 2^23 + 127)` (one multiply-add) rounds
 ///   `x log2(e)` to the nearest integer `k` and leaves `k + 127` in the low
-///   bits of `t`; multiplying those bits by `2^23` (wrapping) moves `k + 127`
-///   into the exponent field, which is `2^k`. The rest of `t`'s bits fall
-///   off the top.
+///   bits of `t`, and `k = t - (1.5 * 2^23 + 127)` exactly.
 /// - `f = x log2(e) - k` comes from a second multiply-add, so the product is
 ///   not rounded before `k` is taken off: `f` is in `[-1/2, 1/2]` with one
 ///   rounding, and a minimax fit of `2^f` (constant term fixed at 1) is
@@ -43,6 +41,11 @@ const IOTA: [f32; 64] = {
 ///   (relative 1.2e-7) plus `|x| * 1.4e-8`, the rounding of `log2 e` to f32,
 ///   wherever `e^x` is normal: at most 1.4e-7 at the `x >= -1` where a
 ///   row's largest terms are.
+/// - `2^f` is scaled by `2^k` as [`ExpScale`] says for the instruction set:
+///   one instruction on AVX-512, which also rounds a result past the f32
+///   range to inf and one below the normal range to its subnormal, so that
+///   there `e^x` is right for every `x`; elsewhere an integer multiply and a
+///   product, and `x <= 88`.
 ///
 /// Callers pass `x = z - shift` rather than prescaling `z` and the shift by
 /// `log2 e` separately: the rounding of a prescaled shift would move every
@@ -54,7 +57,6 @@ const IOTA: [f32; 64] = {
 pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0 + 127.0;
-    const LOWEST: f32 = -127.0 * std::f32::consts::LN_2;
     const POLY: [f32; 6] = [
         std::f32::consts::LN_2, // what the fit gives, to f32
         0.240_226_46,
@@ -63,7 +65,8 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
         0.001_339_993,
         0.000_153_457_92,
     ];
-    let x = clamp_below(simd, x, LOWEST);
+    let scale = ExpScale::of(simd);
+    let x = clamp_below(simd, x, scale.lowest());
     let log2_e = simd.splat_f32s(LOG2_E);
     let t = simd.mul_add_f32s(x, log2_e, simd.splat_f32s(ROUND));
     let k = simd.sub_f32s(t, simd.splat_f32s(ROUND));
@@ -73,8 +76,105 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
         p = simd.mul_add_f32s(p, f, simd.splat_f32s(c));
     }
     p = simd.mul_add_f32s(p, f, simd.splat_f32s(1.0));
-    let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
-    simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
+    scale.apply(simd, p, k, t)
+}
+
+/// How [`exp`] multiplies `2^f` by `2^k` on an instruction set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ExpScale {
+    /// AVX-512's `vscalefps`: `p * 2^k` rounded once, for any `k`. A result
+    /// past the f32 range is inf and one below the normal range its
+    /// subnormal or 0, so [`exp`] needs no bound above, and one instruction
+    /// does what takes [`ExpScale::Bits`] two.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Scalef,
+    /// Everywhere else: `k + 127` moved into the exponent field by an
+    /// integer multiply by `2^23` (wrapping; the rest of `t`'s bits fall off
+    /// the top), and the product with `2^f`. Right for `k` in `[-126,
+    /// 128)`: [`exp`]'s `x` must be at most 88, and `e^x` is 0 at or below
+    /// `-126.5 ln 2` (about -87.7), which no sum or gradient here can tell
+    /// from the subnormal it replaces.
+    Bits,
+}
+
+impl ExpScale {
+    /// The one for `simd`'s instruction set (a constant once `S` is known).
+    #[inline(always)]
+    pub(crate) fn of<S: Simd>(simd: S) -> ExpScale {
+        #[cfg(target_arch = "x86_64")]
+        if as_v4(simd).is_some() {
+            return ExpScale::Scalef;
+        }
+        let _ = simd;
+        ExpScale::Bits
+    }
+
+    /// Where [`exp`] clamps `x` below: as low as the scale keeps `2^k`
+    /// right, so that `e^-inf` is exactly 0 and every larger `x` is as
+    /// exact as the scale allows. For [`ExpScale::Scalef`], `2^f * 2^-151`
+    /// is below half the least subnormal and rounds to 0.
+    #[inline(always)]
+    fn lowest(self) -> f32 {
+        match self {
+            ExpScale::Scalef => -151.0 * std::f32::consts::LN_2,
+            ExpScale::Bits => -127.0 * std::f32::consts::LN_2,
+        }
+    }
+
+    /// `p * 2^k` per lane, `k` integral and `t` [`exp`]'s rounding sum
+    /// (which holds `k + 127` in its low bits).
+    #[inline(always)]
+    fn apply<S: Simd>(self, simd: S, p: S::f32s, k: S::f32s, t: S::f32s) -> S::f32s {
+        if self == ExpScale::Scalef {
+            if let Some(scaled) = scalef(simd, p, k) {
+                return scaled;
+            }
+        }
+        let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
+        simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
+    }
+}
+
+/// `p * 2^k` per lane by `vscalefps` where `simd` is AVX-512's instruction
+/// set; `None` elsewhere (after monomorphisation a constant).
+#[inline(always)]
+fn scalef<S: Simd>(simd: S, p: S::f32s, k: S::f32s) -> Option<S::f32s> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::any::Any;
+        let v4 = as_v4(simd)?;
+        let lanes = |v: &S::f32s| -> Option<std::arch::x86_64::__m512> {
+            (v as &dyn Any).downcast_ref::<pulp::f32x16>().map(|&v| pulp::cast(v))
+        };
+        let scaled: pulp::f32x16 = pulp::cast(v4.avx512f._mm512_scalef_ps(lanes(&p)?, lanes(&k)?));
+        (&scaled as &dyn Any).downcast_ref::<S::f32s>().copied()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (simd, p, k);
+        None
+    }
+}
+
+/// `e^x` per lane for `x` up to `cap`, and for a larger `x` or NaN either
+/// NaN or a value at least `e^cap` to a rounding: [`exp`] of `min(x, cap)`
+/// where [`exp`] needs `x <= 88` (x86's `min` gives `cap` for NaN), of `x`
+/// itself (inf past the f32 range) where it does not, which saves the
+/// `min`. `cap` is at most 88.
+#[inline(always)]
+pub(crate) fn exp_capped<S: Simd>(simd: S, x: S::f32s, cap: f32) -> S::f32s {
+    match ExpScale::of(simd) {
+        ExpScale::Scalef => exp(simd, x),
+        ExpScale::Bits => exp(simd, simd.min_f32s(x, simd.splat_f32s(cap))),
+    }
+}
+
+/// `simd` as AVX-512's instruction set, where it is that one; after
+/// monomorphisation a constant.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_v4<S: Simd>(simd: S) -> Option<pulp::x86::V4> {
+    (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>().copied()
 }
 
 /// `ln x` per lane, within one f32 rounding of the exact value for every
@@ -179,6 +279,15 @@ pub(crate) fn exp_m1<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     let result = simd.mul_f32s(u_m1, simd.div_f32s(x, ln(simd, u)));
     let result = simd.select_f32s(simd.equal_f32s(u_m1, simd.splat_f32s(-1.0)), u_m1, result);
     simd.select_f32s(simd.equal_f32s(u, one), x, result)
+}
+
+/// `z - shift` per lane, computed as `z + (-shift)`: the same number for
+/// every input (IEEE subtraction is the addition of the negation), but x86
+/// can take an addition's operand straight from memory, and a
+/// subtraction's minuend it cannot, so a row's load folds into it.
+#[inline(always)]
+pub(crate) fn minus<S: Simd>(simd: S, z: S::f32s, shift: f32) -> S::f32s {
+    simd.add_f32s(z, simd.splat_f32s(-shift))
 }
 
 /// `max(x, low)` per lane with NaN kept. In vector code one `max` with `x`
@@ -561,23 +670,55 @@ pub(crate) mod tests {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) {
-            let xs: Vec<f32> = (0..4000)
-                .map(|i| -90.0 + i as f32 * 0.0445)
-                .chain([88.0, 0.0, -0.5, 0.5, -1e-8])
+            let scale = ExpScale::of(simd);
+            // Where the scale is right for every `x`, from below the
+            // subnormals to past the f32 range; elsewhere up to 88.
+            let (from, to) = match scale {
+                ExpScale::Scalef => (-110.0, 95.0),
+                ExpScale::Bits => (-90.0, 88.0),
+            };
+            let xs: Vec<f32> = (0..=4000)
+                .map(|i| from + i as f32 * ((to - from) / 4000.0))
+                .chain([88.0, 88.72, 88.73, 0.0, -0.5, 0.5, -1e-8, -103.2, -103.3])
+                .filter(|&x| x <= to)
                 .collect();
             let out = each(simd, &xs, |x| exp(simd, x));
             for (&x, &got) in xs.iter().zip(&out) {
                 let want = (x as f64).exp();
-                if want < 2e-38 {
-                    assert!(got == 0.0 || (got as f64) < 2e-38, "e^{x} = {got}");
+                let rel_bound = 1.2e-7 + (x as f64).abs() * 1.4e-8;
+                if want > f32::MAX as f64 {
+                    assert_eq!(got, f32::INFINITY, "e^{x}");
                 } else if want >= f32::MIN_POSITIVE as f64 {
                     let rel = ((got as f64) - want).abs() / want;
-                    let bound = 1.2e-7 + (x as f64).abs() * 1.4e-8;
-                    assert!(rel < bound, "e^{x} = {got}, want {want} ({rel:e} > {bound:e})");
+                    assert!(rel < rel_bound, "e^{x} = {got}, want {want} ({rel:e} > {rel_bound:e})");
+                } else if scale == ExpScale::Scalef {
+                    // The subnormal nearest `2^f` times `2^k`.
+                    let bound = want * rel_bound + 0.5 * 2f64.powi(-149);
+                    assert!(((got as f64) - want).abs() <= bound, "e^{x} = {got:e}, want {want:e}");
+                } else if want < 2e-38 {
+                    assert!(got == 0.0 || (got as f64) < 2e-38, "e^{x} = {got}");
                 } else {
                     assert!(((got as f64) - want).abs() < 1e-44, "e^{x} = {got}, want {want}");
                 }
             }
+            // Capped: the same below the cap, at least its value above it.
+            let cap = 21.0;
+            let xs: Vec<f32> = (0..400)
+                .map(|i| 15.0 + i as f32 * 0.25)
+                .chain([f32::MAX, f32::INFINITY])
+                .collect();
+            let capped = each(simd, &xs, |x| exp_capped(simd, x, cap));
+            let plain = each(simd, &xs, |x| exp(simd, simd.min_f32s(x, simd.splat_f32s(cap))));
+            for ((&x, &got), &at_cap) in xs.iter().zip(&capped).zip(&plain) {
+                if x <= cap {
+                    assert_eq!(got, at_cap, "capped e^{x}");
+                } else {
+                    assert!(got >= at_cap * (1.0 - 1e-6), "capped e^{x} = {got}, below e^{cap}");
+                }
+            }
+            let nan = each(simd, &[f32::NAN; 3], |x| exp_capped(simd, x, cap));
+            let at_cap = (cap as f64).exp() as f32 * (1.0 - 1e-6);
+            assert!(nan.iter().all(|&v| v.is_nan() || v >= at_cap), "capped e^NaN = {nan:?}");
             let special = [f32::NAN, f32::NEG_INFINITY, 0.0];
             let mut lanes = vec![1.0f32; S::F32_LANES];
             lanes[..special.len().min(S::F32_LANES)].copy_from_slice(&special[..special.len().min(S::F32_LANES)]);
