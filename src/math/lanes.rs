@@ -29,7 +29,7 @@ const IOTA: [f32; 64] = {
 /// as `2^(x log2 e)` with one rounding and a degree-6 polynomial; no table,
 /// no libm call.
 ///
-/// - `x` is clamped below, as low as [`ExpScale`] allows: `e^-inf` is
+/// - `e^x` is 0 below a bound, as low as [`ExpScale`] allows; `e^-inf` is
 ///   exactly 0.
 /// - `t = x log2(e) + (1.5 * 2^23 + 127)` (one multiply-add) rounds
 ///   `x log2(e)` to the nearest integer `k` and leaves `k + 127` in the low
@@ -51,8 +51,9 @@ const IOTA: [f32; 64] = {
 /// `log2 e` separately: the rounding of a prescaled shift would move every
 /// term of a row by the same factor, about `|shift| * 4e-8`.
 ///
-/// NaN stays NaN: the clamp replaces only lanes that compare below it, and
-/// every later step propagates it.
+/// NaN stays NaN: the clamp, or the mask, replaces only lanes that compare
+/// below the bound, which NaN never does, and every later step propagates
+/// it.
 #[inline(always)]
 pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -66,17 +67,21 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
         0.000_153_457_92,
     ];
     let scale = ExpScale::of(simd);
-    let x = clamp_below(simd, x, scale.lowest());
+    let reduced = match scale {
+        // The lanes below the bound are zeroed at the end instead.
+        ExpScale::Scalef => x,
+        ExpScale::Bits => clamp_below(simd, x, scale.lowest()),
+    };
     let log2_e = simd.splat_f32s(LOG2_E);
-    let t = simd.mul_add_f32s(x, log2_e, simd.splat_f32s(ROUND));
+    let t = simd.mul_add_f32s(reduced, log2_e, simd.splat_f32s(ROUND));
     let k = simd.sub_f32s(t, simd.splat_f32s(ROUND));
-    let f = simd.mul_add_f32s(x, log2_e, simd.neg_f32s(k));
+    let f = simd.mul_add_f32s(reduced, log2_e, simd.neg_f32s(k));
     let mut p = simd.splat_f32s(POLY[5]);
     for &c in POLY[..5].iter().rev() {
         p = simd.mul_add_f32s(p, f, simd.splat_f32s(c));
     }
     p = simd.mul_add_f32s(p, f, simd.splat_f32s(1.0));
-    scale.apply(simd, p, k, t)
+    scale.apply(simd, p, k, t, x)
 }
 
 /// How [`exp`] multiplies `2^f` by `2^k` on an instruction set.
@@ -109,10 +114,14 @@ impl ExpScale {
         ExpScale::Bits
     }
 
-    /// Where [`exp`] clamps `x` below: as low as the scale keeps `2^k`
-    /// right, so that `e^-inf` is exactly 0 and every larger `x` is as
-    /// exact as the scale allows. For [`ExpScale::Scalef`], `2^f * 2^-151`
-    /// is below half the least subnormal and rounds to 0.
+    /// The `x` below which [`exp`] gives 0 (exactly 0 for `-inf`): as low as
+    /// the scale keeps `2^k` right, so that every larger `x` is as exact as
+    /// the scale allows. [`ExpScale::Bits`] clamps `x` there before it
+    /// starts; [`ExpScale::Scalef`] leaves `x` as it is, garbage in the lanes
+    /// below (`-inf` makes `f` NaN, a huge `-x` an `f` far outside `[-1/2,
+    /// 1/2]`), and zeroes those lanes with a mask on its last instruction,
+    /// so that nothing waits on a clamp. Its bound is where `e^x` rounds to
+    /// 0 anyway: `2^f * 2^-151` is below half the least subnormal.
     #[inline(always)]
     fn lowest(self) -> f32 {
         match self {
@@ -122,11 +131,12 @@ impl ExpScale {
     }
 
     /// `p * 2^k` per lane, `k` integral and `t` [`exp`]'s rounding sum
-    /// (which holds `k + 127` in its low bits).
+    /// (which holds `k + 127` in its low bits); 0 in the lanes whose `x`
+    /// is below [`ExpScale::lowest`] (NaN kept).
     #[inline(always)]
-    fn apply<S: Simd>(self, simd: S, p: S::f32s, k: S::f32s, t: S::f32s) -> S::f32s {
+    fn apply<S: Simd>(self, simd: S, p: S::f32s, k: S::f32s, t: S::f32s, x: S::f32s) -> S::f32s {
         if self == ExpScale::Scalef {
-            if let Some(scaled) = scalef(simd, p, k) {
+            if let Some(scaled) = scalef(simd, p, k, x, self.lowest()) {
                 return scaled;
             }
         }
@@ -136,22 +146,25 @@ impl ExpScale {
 }
 
 /// `p * 2^k` per lane by `vscalefps` where `simd` is AVX-512's instruction
-/// set; `None` elsewhere (after monomorphisation a constant).
+/// set, and 0 in the lanes whose `x` compares below `lowest` (a NaN does
+/// not); `None` elsewhere (after monomorphisation a constant).
 #[inline(always)]
-fn scalef<S: Simd>(simd: S, p: S::f32s, k: S::f32s) -> Option<S::f32s> {
+fn scalef<S: Simd>(simd: S, p: S::f32s, k: S::f32s, x: S::f32s, lowest: f32) -> Option<S::f32s> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::any::Any;
+        use std::arch::x86_64::{__m512, _CMP_NLT_UQ};
         let v4 = as_v4(simd)?;
-        let lanes = |v: &S::f32s| -> Option<std::arch::x86_64::__m512> {
-            (v as &dyn Any).downcast_ref::<pulp::f32x16>().map(|&v| pulp::cast(v))
-        };
-        let scaled: pulp::f32x16 = pulp::cast(v4.avx512f._mm512_scalef_ps(lanes(&p)?, lanes(&k)?));
+        let lanes =
+            |v: &S::f32s| -> Option<__m512> { (v as &dyn Any).downcast_ref::<pulp::f32x16>().map(|&v| pulp::cast(v)) };
+        let lowest: __m512 = pulp::cast(v4.splat_f32s(lowest));
+        let keep = v4.avx512f._mm512_cmp_ps_mask::<_CMP_NLT_UQ>(lanes(&x)?, lowest);
+        let scaled: pulp::f32x16 = pulp::cast(v4.avx512f._mm512_maskz_scalef_ps(keep, lanes(&p)?, lanes(&k)?));
         (&scaled as &dyn Any).downcast_ref::<S::f32s>().copied()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (simd, p, k);
+        let _ = (simd, p, k, x, lowest);
         None
     }
 }
@@ -677,10 +690,17 @@ pub(crate) mod tests {
                 ExpScale::Scalef => (-110.0, 95.0),
                 ExpScale::Bits => (-90.0, 88.0),
             };
+            // Masked logits' values, and past the range where it has none.
+            let beyond: &[f32] = match scale {
+                ExpScale::Scalef => &[f32::MAX, f32::INFINITY],
+                ExpScale::Bits => &[],
+            };
             let xs: Vec<f32> = (0..=4000)
                 .map(|i| from + i as f32 * ((to - from) / 4000.0))
                 .chain([88.0, 88.72, 88.73, 0.0, -0.5, 0.5, -1e-8, -103.2, -103.3])
                 .filter(|&x| x <= to)
+                .chain([-1e30, f32::MIN, f32::NEG_INFINITY])
+                .chain(beyond.iter().copied())
                 .collect();
             let out = each(simd, &xs, |x| exp(simd, x));
             for (&x, &got) in xs.iter().zip(&out) {
@@ -693,7 +713,8 @@ pub(crate) mod tests {
                     assert!(rel < rel_bound, "e^{x} = {got}, want {want} ({rel:e} > {rel_bound:e})");
                 } else if scale == ExpScale::Scalef {
                     // The subnormal nearest `2^f` times `2^k`.
-                    let bound = want * rel_bound + 0.5 * 2f64.powi(-149);
+                    let relative = if want > 0.0 { want * rel_bound } else { 0.0 };
+                    let bound = relative + 0.5 * 2f64.powi(-149);
                     assert!(((got as f64) - want).abs() <= bound, "e^{x} = {got:e}, want {want:e}");
                 } else if want < 2e-38 {
                     assert!(got == 0.0 || (got as f64) < 2e-38, "e^{x} = {got}");
