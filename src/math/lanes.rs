@@ -692,7 +692,7 @@ pub(crate) mod tests {
             };
             // Masked logits' values, and past the range where it has none.
             let beyond: &[f32] = match scale {
-                ExpScale::Scalef => &[f32::MAX, f32::INFINITY],
+                ExpScale::Scalef => &[1e3, 1e6, 1e10, 1e20, f32::MAX, f32::INFINITY],
                 ExpScale::Bits => &[],
             };
             let xs: Vec<f32> = (0..=4000)
