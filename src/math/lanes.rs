@@ -136,6 +136,7 @@ impl ExpScale {
     #[inline(always)]
     fn apply<S: Simd>(self, simd: S, p: S::f32s, k: S::f32s, t: S::f32s, x: S::f32s) -> S::f32s {
         if self == ExpScale::Scalef {
+            // Always `Some`: `of` picked `Scalef` by the test `scalef` makes.
             if let Some(scaled) = scalef(simd, p, k, x, self.lowest()) {
                 return scaled;
             }
@@ -443,10 +444,10 @@ impl Lines {
 
 /// What a row pass asks for while it walks its row: `read`, the logits row
 /// it takes next, and `write`, a gradient row it will write later, asked
-/// for with a write hint (what that compiles to: [`ask`]). A store to a line the core does not own waits
-/// for the line to be read in first; a fresh gradient is in no cache, and
-/// its stores stalled a gradient pass whatever its arithmetic cost
-/// (benches/RESULTS.md).
+/// for with a write hint (what that compiles to: [`ask`]). A store to a
+/// line the core does not own waits for the line to be read in first; a
+/// fresh gradient is in no cache, and its stores stalled a gradient pass
+/// whatever its arithmetic cost (benches/RESULTS.md).
 #[derive(Clone, Copy)]
 pub(crate) struct Ahead {
     pub(crate) read: Lines,
@@ -461,9 +462,9 @@ impl Ahead {
     };
 }
 
-/// Asks for the cache line that holds value `at` of `lines`' row, with
-/// intent to write when `WRITE`; a hint that never faults (nothing off
-/// x86-64). `at` is within the row.
+/// Asks for the cache line that holds value `at` of `lines`' row, with the
+/// write hint when `WRITE`; a hint that never faults (nothing off x86-64).
+/// `at` is within the row.
 ///
 /// The write hint is `PREFETCHW` only where the build enables `prfchw`;
 /// the instruction sets the row passes are compiled for do not, and it
@@ -685,20 +686,17 @@ pub(crate) mod tests {
         fn with_simd<S: Simd>(self, simd: S) {
             let scale = ExpScale::of(simd);
             // Where the scale is right for every `x`, from below the
-            // subnormals to past the f32 range; elsewhere up to 88.
-            let (from, to) = match scale {
-                ExpScale::Scalef => (-110.0, 95.0),
-                ExpScale::Bits => (-90.0, 88.0),
-            };
-            // Masked logits' values, and past the range where it has none.
-            let beyond: &[f32] = match scale {
-                ExpScale::Scalef => &[1e3, 1e6, 1e10, 1e20, f32::MAX, f32::INFINITY],
-                ExpScale::Bits => &[],
+            // subnormals to past the f32 range, and values past that range;
+            // elsewhere up to 88, and none past it.
+            let (from, to, beyond): (f32, f32, &[f32]) = match scale {
+                ExpScale::Scalef => (-110.0, 95.0, &[1e3, 1e6, 1e10, 1e20, f32::MAX, f32::INFINITY]),
+                ExpScale::Bits => (-90.0, 88.0, &[]),
             };
             let xs: Vec<f32> = (0..=4000)
                 .map(|i| from + i as f32 * ((to - from) / 4000.0))
                 .chain([88.0, 88.72, 88.73, 0.0, -0.5, 0.5, -1e-8, -103.2, -103.3])
                 .filter(|&x| x <= to)
+                // Masked logits' values.
                 .chain([-1e30, f32::MIN, f32::NEG_INFINITY])
                 .chain(beyond.iter().copied())
                 .collect();
