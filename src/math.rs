@@ -84,12 +84,15 @@
 //! as `threshold >= z_y`). One pass sums `e_j` and keeps it in a row buffer,
 //! and a second pass over that buffer sums `e_j min(P_j, P_y) C_j` by
 //! multiplication alone, divided by `P_y` once: one exponential per logit.
+//! That pass takes each term `c^q` times its size, with `c = 1 / k`:
+//! `c^q C_j = max(c, e_j)^q`, one maximum and no multiplication of its
+//! own, and the sum is scaled back once.
 //! The label's own term, `e_y`, is added apart, so that a confident row's
 //! small loss is `ln_1p` of the others' sum, not the rounding of a sum near
 //! 1.
-//! With `lse = shift + log(sum_j e_j)`, `k = 1 / max(e_y, eps sum_j e_j)`:
-//! the second pass, which needs `k` from its first step, waits on the first
-//! pass's sum and one division, not on a logarithm and an exponential.
+//! With `lse = shift + log(sum_j e_j)`, `c = max(e_y, eps sum_j e_j)`: the
+//! second pass, which needs `c` from its first step, waits on the first
+//! pass's sum, not on a logarithm and an exponential.
 //! Between the passes of a call the row stays in the core's L1 cache: the
 //! CPU's counterpart of the kernels holding it in registers. When the caller
 //! wants the gradient too (`forward_backward`), the second pass keeps its
@@ -101,18 +104,20 @@
 //! maximum (or holds a NaN) is summed again against the maximum `m`. Nothing
 //! can overflow or underflow:
 //!
-//! - with `shift = z_y`, `e_j <= e^20` and `k <= 1`, so every term is at
-//!   most `e_j^(1 + q) <= e^60`; with `shift = m`, `e_j <= 1` and
-//!   `e_j k <= 1 / eps`, so it is at most `C_j <= eps^-q`;
+//! - with `shift = z_y`, `e_j <= e^20` and `1 <= c <= e^20` (`eps <= 1`),
+//!   so every term is at most `e_j max(c, e_j)^q <= e^60`, and `c^-q >=
+//!   e^-40`; with `shift = m`, `e_j <= 1` and `eps <= c <= C`, so a term is
+//!   at most `C^q` and `c^-q <= eps^-q`;
 //! - the label's term is `P_y >= e^-60` (with `z_y` as the shift) and the
 //!   maximum's at least `P_m >= e^-60` (with `m`), so the sum cannot vanish.
 //!
 //! [`PoweredCounts::new`] takes this path only for `q` in {0, 1, 2} (the
 //! defaults use 2) and where these bounds hold: `q * -log(eps) <= 60` and
 //! `p * max log n <= 60` (so `P_j >= e^-60`); the defaults qualify whatever
-//! the counts (`log n <= 43.7` in int64). Other calls use [`class_forward`],
-//! which adds the adjustments in the exponent as the derivation above
-//! writes them.
+//! the counts (`log n <= 43.7` in int64). With `eps >= 1` no ratio `s_j /
+//! max(s_y, eps)` exceeds 1, so no logit is compensated, and the path runs
+//! with `q = 0`. Other calls use [`class_forward`], which adds the
+//! adjustments in the exponent as the derivation above writes them.
 //!
 //! The vector loops are in [`lanes`], on the `pulp` crate: one generic body
 //! compiled for each instruction set, the widest the processor has picked
@@ -406,12 +411,23 @@ pub(crate) struct PoweredCounts {
     eps: f32,
 }
 
-/// `q` in {0, 1, 2}: `C_j = (e_j k)^q` by multiplication.
+/// `q` in {0, 1, 2}: `c^q C_j = max(c, e_j)^q` by multiplication.
 #[derive(Clone, Copy)]
 enum SmallQ {
     Zero,
     One,
     Two,
+}
+
+impl SmallQ {
+    /// `x^q`.
+    fn power(self, x: f32) -> f32 {
+        match self {
+            SmallQ::Zero => 1.0,
+            SmallQ::One => x,
+            SmallQ::Two => x * x,
+        }
+    }
 }
 
 /// `exp(p * (log n_j - log n_max))` per lane.
@@ -460,6 +476,9 @@ impl PoweredCounts {
             2.0 => SmallQ::Two,
             _ => return None,
         };
+        // No compensation when `eps >= 1` (module documentation), which
+        // also keeps the floor `c` of the terms below `e^20`.
+        let q = if params.log_eps >= 0.0 { SmallQ::Zero } else { q };
         let log_n_max = lanes::max(simd, log_counts).max(0.0);
         let compensation = params.q * -params.log_eps;
         let mitigation = params.p * log_n_max;
@@ -477,30 +496,32 @@ impl PoweredCounts {
     }
 }
 
-/// `e_j * min(P_j, P_y) * max(1, (e_j k)^q)` per lane, from `e_j = exp(z_j -
-/// shift)` (kept by the first pass) and `k = exp(shift - threshold)`, for `q`
-/// in {0, 1, 2}: `P_y M_j C_j e_j` with no exponential, no division and no
-/// branch (the row's sum is divided by `P_y` once).
+/// `e_j * min(P_j, P_y) * max(c, e_j)^q` per lane, from `e_j = exp(z_j -
+/// shift)` (kept by the first pass) and the row's floor `c = 1 / k =
+/// max(e_y, eps sum_j e_j)`, for `q` in {0, 1, 2}: `c^q P_y M_j C_j e_j`
+/// with no exponential, no division and no branch (the row's sum is divided
+/// by `c^q P_y` once). Taking the terms `c^q` times their size spares a
+/// multiplication per term and power: `max(1, (e_j k)^q)` would need `e_j k`
+/// first.
 #[derive(Clone, Copy)]
 struct PoweredTerm {
     p_y: f32,
-    k: f32,
+    floor: f32,
     q: SmallQ,
 }
 
 impl PoweredTerm {
-    /// The term's two factors, `e_j min(P_j, P_y)` and `max(1, (e_j k)^q)`
-    /// (none for `q = 0`).
+    /// The term as two factors whose product it is: `e_j min(P_j, P_y)
+    /// max(c, e_j)^(q - 1)` and `max(c, e_j)` (none for `q = 0`).
     #[inline(always)]
     fn factors<S: Simd>(self, simd: S, e: S::f32s, powered: S::f32s) -> (S::f32s, Option<S::f32s>) {
         let mitigated = simd.mul_f32s(e, simd.min_f32s(powered, simd.splat_f32s(self.p_y)));
-        let ratio = simd.mul_f32s(e, simd.splat_f32s(self.k));
-        let c = match self.q {
-            SmallQ::Zero => return (mitigated, None),
-            SmallQ::One => ratio,
-            SmallQ::Two => simd.mul_f32s(ratio, ratio),
-        };
-        (mitigated, Some(simd.max_f32s(c, simd.splat_f32s(1.0))))
+        let compensated = simd.max_f32s(e, simd.splat_f32s(self.floor));
+        match self.q {
+            SmallQ::Zero => (mitigated, None),
+            SmallQ::One => (mitigated, Some(compensated)),
+            SmallQ::Two => (simd.mul_f32s(mitigated, compensated), Some(compensated)),
+        }
     }
 }
 
@@ -589,27 +610,29 @@ pub(crate) fn class_forward_powered<S: Simd>(
         shift = row_max(simd, z);
         total = lanes::sum_keeping(simd, ShiftedExp { shift }, z, z, e, Ahead::NONE);
     }
-    // `k = exp(shift - threshold) = 1 / max(e_y, total * eps)` (module
+    // `c = 1 / k = exp(threshold - shift) = max(e_y, total * eps)` (module
     // documentation); the stats' `lse` is `ln(total)`, taken at the row's
-    // end.
-    let k = match powered.q {
-        SmallQ::Zero => 0.0,
-        _ => 1.0 / e[label].max(total * powered.eps),
-    };
+    // end. The terms come `c^q` times their size.
+    let floor = e[label].max(total * powered.eps);
+    let unscale = powered.q.power(1.0 / floor);
     let p_y = powered.powered[label];
-    let term = PoweredTerm { p_y, k, q: powered.q };
+    let term = PoweredTerm {
+        p_y,
+        floor,
+        q: powered.q,
+    };
     // The label's term, `e_y P_y` (`M_y = C_y = 1`), stays out of the vector
     // sum: next to it the others would each be rounded to its precision, a
     // confident row's small loss with them. `others` is at most `C e^60`.
     let e_y = std::mem::take(&mut e[label]);
     let others = match grad {
-        None => lanes::sum(simd, term, e, &powered.powered, Ahead::NONE),
+        None => lanes::sum(simd, term, e, &powered.powered, Ahead::NONE) * unscale,
         Some((grad, scale)) => {
             // `softmax(z')_j = term_j / sum`: the terms are kept in the
             // gradient's row (in L1 until the row is done) and scaled there.
             let grad = &mut grad[..z.len()];
-            let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE);
-            lanes::scale(simd, scale / (e_y * p_y + others), grad);
+            let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE) * unscale;
+            lanes::scale(simd, scale * unscale / (e_y * p_y + others), grad);
             others
         }
     };
@@ -751,13 +774,14 @@ mod tests {
     struct AgainstFloat64 {
         p: f32,
         q: f32,
+        eps: f32,
     }
 
     impl WithSimd for AgainstFloat64 {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) {
-            let (p, q, eps) = (self.p, self.q, 1e-2f32);
+            let (p, q, eps) = (self.p, self.q, self.eps);
             let c = 1203;
             let log_counts: Vec<f32> = (0..c).map(|j| ((j * 7919) % 5000) as f32 * 0.003).collect();
             let params = SeesawParams::constants(p, q, eps.ln());
@@ -793,7 +817,7 @@ mod tests {
                 for (name, got) in [("general", general), ("powered", fast)] {
                     assert!(
                         (got as f64 - want).abs() <= bound,
-                        "p {p} q {q} row {r} {name}: loss {got}, float64 {want}"
+                        "p {p} q {q} eps {eps} row {r} {name}: loss {got}, float64 {want}"
                     );
                 }
                 let mut grads = Vec::new();
@@ -819,7 +843,7 @@ mod tests {
                     for (j, (&got, &want)) in grad.iter().zip(&want_grad).enumerate() {
                         assert!(
                             (got as f64 - want).abs() <= 1e-6 + 1e-5 * want.abs(),
-                            "p {p} q {q} row {r} {name} gradient [{j}]: {got}, float64 {want}"
+                            "p {p} q {q} eps {eps} row {r} {name} gradient [{j}]: {got}, float64 {want}"
                         );
                     }
                 }
@@ -830,7 +854,22 @@ mod tests {
     #[test]
     fn row_passes_match_float64_on_every_arch() {
         for (p, q) in [(0.8, 2.0), (0.0, 2.0), (0.8, 0.0), (1.3, 1.0), (0.8, 1.5)] {
-            for_each_arch(|| AgainstFloat64 { p, q });
+            for_each_arch(|| AgainstFloat64 { p, q, eps: 1e-2 });
+        }
+        // The powered pass's floor `c = max(e_y, eps sum_j e_j)` at its
+        // ends: an `eps` near the bound `q * -log(eps) <= 60` (the rows
+        // whose label lies far below their top then have `c` far below 1),
+        // and an `eps` of 1 or more, where no logit is compensated (at
+        // 1e30, `c^q` would overflow).
+        let ends = [
+            (0.8, 2.0, 1e-12),
+            (1.3, 1.0, 1e-20),
+            (0.8, 2.0, 1.0),
+            (0.8, 2.0, 1e30),
+            (0.8, 1.0, 1e30),
+        ];
+        for (p, q, eps) in ends {
+            for_each_arch(|| AgainstFloat64 { p, q, eps });
         }
     }
 
