@@ -258,11 +258,12 @@ impl Host<'_> {
     }
 
     /// What a row pass over row `r` of a block ending at `end` asks the
-    /// cache for ([`Ahead`]): the next logits row, and, where the pass
-    /// writes a gradient, the row `GRAD_ROWS_AHEAD` on in `grad`.
+    /// cache for ([`Ahead`]): the logits row `logits_ahead` on, and, where
+    /// the pass writes a gradient, the row `GRAD_ROWS_AHEAD` on in `grad`.
     #[inline(always)]
-    fn ahead(&self, r: usize, end: usize, grad: Option<&Targets>) -> Ahead {
-        let read = if r + 1 < end { self.row(r + 1) } else { &[] };
+    fn ahead(&self, r: usize, end: usize, logits_ahead: usize, grad: Option<&Targets>) -> Ahead {
+        let later = r + logits_ahead;
+        let read = if later < end { self.row(later) } else { &[] };
         let later = r + GRAD_ROWS_AHEAD;
         let write = match grad {
             // Row `later` is in the block, so in the gradient.
@@ -486,10 +487,21 @@ struct StatsPtr(*const f32);
 unsafe impl Sync for StatsPtr {}
 
 /// How many rows ahead a gradient row is asked for with a write hint:
-/// the read of the next logits row is one row ahead, and a store must find
+/// the gradient pass reads the logits one row ahead, and a store must find
 /// its line owned, so the request goes out earlier (two rows measured a
 /// little faster than one, four no better; benches/RESULTS.md).
 const GRAD_ROWS_AHEAD: usize = 2;
+
+/// How many rows ahead the loss pass asks for a logits row. Its row's
+/// arithmetic, about 700 cycles, is shorter than the time the lines asked
+/// for one row ahead take to arrive, so it waited on them; two rows ahead
+/// measured 7-8% faster, three and four no better (benches/RESULTS.md).
+/// Its first rows come from the processor's own prefetcher.
+const LOSS_LOGITS_AHEAD: usize = 2;
+
+/// How many rows ahead the gradient pass asks for a logits row: it waits on
+/// its stores, and asking further ahead measured no faster.
+const GRAD_LOGITS_AHEAD: usize = 1;
 
 /// Raw pointers to the outputs, shared by the threads: each writes only its
 /// own rows.
@@ -750,7 +762,7 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            let ahead = host.ahead(r, end, grad.is_some().then_some(targets));
+            let ahead = host.ahead(r, end, LOSS_LOGITS_AHEAD, grad.is_some().then_some(targets));
             // SAFETY: row r belongs to this thread.
             let mut g = grad.map(|up| (unsafe { targets.grad_row(r, host.width) }, up));
             let Some(label) = host.label(r) else {
@@ -823,7 +835,7 @@ impl pulp::WithSimd for BackwardBlock<'_> {
         let end = rows.end;
         for r in rows {
             let z = host.row(r);
-            let ahead = host.ahead(r, end, Some(targets));
+            let ahead = host.ahead(r, end, GRAD_LOGITS_AHEAD, Some(targets));
             // SAFETY: row r belongs to this thread.
             let g = unsafe { targets.grad_row(r, host.width) };
             let Some(label) = host.label(r) else {
