@@ -26,26 +26,30 @@ const IOTA: [f32; 64] = {
 };
 
 /// `e^x` per lane, for `x <= 88` (and on AVX-512 for every `x`, below),
-/// as `2^(x log2 e)` with one rounding and a degree-6 polynomial; no table,
-/// no libm call.
+/// within about one f32 rounding of `e^x` (relative 1.2e-7) plus `|x| *
+/// 1.4e-8`, the rounding of `log2 e` to f32, wherever `e^x` is normal: at
+/// most 1.4e-7 at the `x >= -1` where a row's largest terms are. No libm
+/// call. `e^x` is 0 below a bound, as low as [`ExpScale`] allows; `e^-inf`
+/// is exactly 0.
 ///
-/// - `e^x` is 0 below a bound, as low as [`ExpScale`] allows; `e^-inf` is
-///   exactly 0.
-/// - `t = x log2(e) + (1.5 * 2^23 + 127)` (one multiply-add) rounds
-///   `x log2(e)` to the nearest integer `k` and leaves `k + 127` in the low
-///   bits of `t`, and `k = t - (1.5 * 2^23 + 127)` exactly.
-/// - `f = x log2(e) - k` comes from a second multiply-add, so the product is
-///   not rounded before `k` is taken off: `f` is in `[-1/2, 1/2]` with one
-///   rounding, and a minimax fit of `2^f` (constant term fixed at 1) is
-///   within 3e-9 of it. The result is within about one f32 rounding of `e^x`
-///   (relative 1.2e-7) plus `|x| * 1.4e-8`, the rounding of `log2 e` to f32,
-///   wherever `e^x` is normal: at most 1.4e-7 at the `x >= -1` where a
-///   row's largest terms are.
-/// - `2^f` is scaled by `2^k` as [`ExpScale`] says for the instruction set:
-///   one instruction on AVX-512, which also rounds a result past the f32
-///   range to inf and one below the normal range to its subnormal, so that
-///   there `e^x` is right for every `x`; elsewhere an integer multiply and a
-///   product, and `x <= 88`.
+/// Both ways write `e^x = 2^(x log2 e)` as `2^n 2^f`, `n` the nearest
+/// multiple of a step and `f` the rest, and scale `2^f` by `2^n` as
+/// [`ExpScale`] says for the instruction set:
+///
+/// - `t = x log2(e) + R` (one multiply-add), `R` chosen so that the sum's
+///   last bit is the step, rounds `x log2(e)` to `n` and leaves it in the
+///   low bits of `t`; `n = t - R` exactly, and `f = x log2(e) - n` comes
+///   from a second multiply-add, so the product is not rounded before `n`
+///   is taken off: `f` has one rounding.
+/// - AVX-512 ([`ExpScale::Scalef`], `exp_avx512`): a step of 1/16, so that
+///   `f` is in `[-1/32, 1/32]`; `2^(n mod 1)` comes from a 16-entry table
+///   by `t`'s low four bits (one `vpermps`), `2^f - 1` from a degree-3
+///   polynomial (within 1.7e-9), and their product is rounded once: the
+///   table's rounding and the result's, each at most half an f32 rounding,
+///   stay below 1.2e-7 together.
+/// - Elsewhere ([`ExpScale::Bits`]): a step of 1, `f` in `[-1/2, 1/2]`, and
+///   a minimax fit of `2^f` (constant term fixed at 1, within 3e-9) of
+///   degree 6.
 ///
 /// Callers pass `x = z - shift` rather than prescaling `z` and the shift by
 /// `log2 e` separately: the rounding of a prescaled shift would move every
@@ -56,7 +60,84 @@ const IOTA: [f32; 64] = {
 /// it.
 #[inline(always)]
 pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = as_v4(simd) {
+        // Always taken: `S` is `V4` here, so `S::f32s` is `f32x16`.
+        if let Some(e) = same_lanes(x).map(|x| exp_avx512(v4, x)).and_then(same_lanes) {
+            return e;
+        }
+    }
+    exp_bits(simd, x)
+}
+
+/// `2^(i / 16)` to f32, for [`exp`] on AVX-512.
+#[cfg(target_arch = "x86_64")]
+const EXP_TABLE: [f32; 16] = [
+    1.0,
+    1.044_273_7,
+    1.090_507_7,
+    1.138_788_6,
+    1.189_207_1,
+    1.241_857_8,
+    1.296_839_6,
+    1.354_255_6,
+    std::f32::consts::SQRT_2,
+    1.476_826_2,
+    1.542_210_8,
+    1.610_490_3,
+    1.681_792_9,
+    1.756_252_2,
+    1.834_008_1,
+    1.915_206_6,
+];
+
+/// [`exp`] on AVX-512 (its documentation): a step of 1/16, a table and a
+/// degree-3 polynomial, 6 multiply-class instructions against the degree-6
+/// polynomial's 8 (benches/RESULTS.md).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn exp_avx512(v4: pulp::x86::V4, x: pulp::f32x16) -> pulp::f32x16 {
+    use std::arch::x86_64::{__m512, _CMP_NLT_UQ};
+    // `1.5 * 2^19`: sums in `[2^19, 2^20)` have a last bit of 1/16.
+    const ROUND: f32 = 786_432.0;
+    /// `2^f - 1 = f (c1 + c2 f + c3 f^2)` on `[-1/32, 1/32]`, minimax.
+    const POLY: [f32; 3] = [std::f32::consts::LN_2, 0.240_234_29, 0.055_505_95];
+    let log2_e = v4.splat_f32s(std::f32::consts::LOG2_E);
+    let t = v4.mul_add_f32s(x, log2_e, v4.splat_f32s(ROUND));
+    let n = v4.sub_f32s(t, v4.splat_f32s(ROUND));
+    let f = v4.mul_add_f32s(x, log2_e, v4.neg_f32s(n));
+    // Past `x = 2^19 ln 2` the sum's last bit is more than 1/16 and `f` is
+    // the product's rounding, far outside `[-1/32, 1/32]`: a large negative
+    // one would make the polynomial's `2^f` negative and the result `-inf`
+    // for a large `x`. The floor keeps it positive (so inf there), changes
+    // no `f` in range, and keeps NaN (x86's `max` returns its second
+    // operand then).
+    let f = v4.max_f32s(v4.splat_f32s(-1.0 / 16.0), f);
+    let q = v4.mul_add_f32s(v4.splat_f32s(POLY[2]), f, v4.splat_f32s(POLY[1]));
+    let q = v4.mul_add_f32s(q, f, v4.splat_f32s(POLY[0]));
+    let below_one = v4.mul_f32s(q, f);
+    // `vpermps` reads the low four bits of each lane's index: `16 n mod 16`.
+    let table: __m512 = pulp::cast(EXP_TABLE);
+    let step: pulp::f32x16 = pulp::cast(v4.avx512f._mm512_permutexvar_ps(pulp::cast(t), table));
+    let fraction = v4.mul_add_f32s(step, below_one, step);
+    // `vscalefps` scales by `2^floor(n)`, which with the table's `2^(n mod
+    // 1)` is `2^n`; the lanes below the bound (and `-inf`, whose `f` is
+    // NaN) are zeroed by the mask, NaN kept.
+    let lowest: __m512 = pulp::cast(v4.splat_f32s(ExpScale::Scalef.lowest()));
+    let keep = v4.avx512f._mm512_cmp_ps_mask::<_CMP_NLT_UQ>(pulp::cast(x), lowest);
+    pulp::cast(
+        v4.avx512f
+            ._mm512_maskz_scalef_ps(keep, pulp::cast(fraction), pulp::cast(n)),
+    )
+}
+
+/// [`exp`] where `2^n` goes into the exponent field ([`ExpScale::Bits`]):
+/// a step of 1 and a degree-6 polynomial.
+#[inline(always)]
+fn exp_bits<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // `1.5 * 2^23 + 127`: the sum's last bit is 1, and its low bits hold
+    // `n + 127`.
     const ROUND: f32 = 12_582_912.0 + 127.0;
     const POLY: [f32; 6] = [
         std::f32::consts::LN_2, // what the fit gives, to f32
@@ -66,39 +147,36 @@ pub(crate) fn exp<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
         0.001_339_993,
         0.000_153_457_92,
     ];
-    let scale = ExpScale::of(simd);
-    let reduced = match scale {
-        // The lanes below the bound are zeroed at the end instead.
-        ExpScale::Scalef => x,
-        ExpScale::Bits => clamp_below(simd, x, scale.lowest()),
-    };
+    let reduced = clamp_below(simd, x, ExpScale::Bits.lowest());
     let log2_e = simd.splat_f32s(LOG2_E);
     let t = simd.mul_add_f32s(reduced, log2_e, simd.splat_f32s(ROUND));
-    let k = simd.sub_f32s(t, simd.splat_f32s(ROUND));
-    let f = simd.mul_add_f32s(reduced, log2_e, simd.neg_f32s(k));
+    let n = simd.sub_f32s(t, simd.splat_f32s(ROUND));
+    let f = simd.mul_add_f32s(reduced, log2_e, simd.neg_f32s(n));
     let mut p = simd.splat_f32s(POLY[5]);
     for &c in POLY[..5].iter().rev() {
         p = simd.mul_add_f32s(p, f, simd.splat_f32s(c));
     }
     p = simd.mul_add_f32s(p, f, simd.splat_f32s(1.0));
-    scale.apply(simd, p, k, t, x)
+    // `n + 127` moved into the exponent field by an integer multiply by
+    // `2^23` (wrapping; the rest of `t`'s bits fall off the top).
+    let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
+    simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
 }
 
-/// How [`exp`] multiplies `2^f` by `2^k` on an instruction set.
+/// How [`exp`] multiplies `2^f` by `2^n` on an instruction set.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum ExpScale {
-    /// AVX-512's `vscalefps`: `p * 2^k` rounded once, for any `k`. A result
-    /// past the f32 range is inf and one below the normal range its
-    /// subnormal or 0, so [`exp`] needs no bound above, and one instruction
-    /// does what takes [`ExpScale::Bits`] two.
+    /// AVX-512's `vscalefps`: `p * 2^floor(n)` rounded once, for any `n`. A
+    /// result past the f32 range is inf and one below the normal range its
+    /// subnormal or 0, so [`exp`] needs no bound above; and AVX-512's
+    /// `vpermps` looks up a 16-entry table, so that `n` can step by 1/16.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Scalef,
-    /// Everywhere else: `k + 127` moved into the exponent field by an
-    /// integer multiply by `2^23` (wrapping; the rest of `t`'s bits fall off
-    /// the top), and the product with `2^f`. Right for `k` in `[-126,
-    /// 128)`: [`exp`]'s `x` must be at most 88, and `e^x` is 0 at or below
-    /// `-126.5 ln 2` (about -87.7), which no sum or gradient here can tell
-    /// from the subnormal it replaces.
+    /// Everywhere else: `n + 127` moved into the exponent field, and the
+    /// product with `2^f`. Right for `n` in `[-126, 128)`: [`exp`]'s `x`
+    /// must be at most 88, and `e^x` is 0 at or below `-126.5 ln 2` (about
+    /// -87.7), which no sum or gradient here can tell from the subnormal it
+    /// replaces.
     Bits,
 }
 
@@ -115,11 +193,11 @@ impl ExpScale {
     }
 
     /// The `x` below which [`exp`] gives 0 (exactly 0 for `-inf`): as low as
-    /// the scale keeps `2^k` right, so that every larger `x` is as exact as
+    /// the scale keeps `2^n` right, so that every larger `x` is as exact as
     /// the scale allows. [`ExpScale::Bits`] clamps `x` there before it
     /// starts; [`ExpScale::Scalef`] leaves `x` as it is, garbage in the lanes
-    /// below (`-inf` makes `f` NaN, a huge `-x` an `f` far outside `[-1/2,
-    /// 1/2]`), and zeroes those lanes with a mask on its last instruction,
+    /// below (`-inf` makes `f` NaN, a huge `-x` an `f` far outside its
+    /// range), and zeroes those lanes with a mask on its last instruction,
     /// so that nothing waits on a clamp. Its bound is where `e^x` rounds to
     /// 0 anyway: `2^f * 2^-151` is below half the least subnormal.
     #[inline(always)]
@@ -128,45 +206,6 @@ impl ExpScale {
             ExpScale::Scalef => -151.0 * std::f32::consts::LN_2,
             ExpScale::Bits => -127.0 * std::f32::consts::LN_2,
         }
-    }
-
-    /// `p * 2^k` per lane, `k` integral and `t` [`exp`]'s rounding sum
-    /// (which holds `k + 127` in its low bits); 0 in the lanes whose `x`
-    /// is below [`ExpScale::lowest`] (NaN kept).
-    #[inline(always)]
-    fn apply<S: Simd>(self, simd: S, p: S::f32s, k: S::f32s, t: S::f32s, x: S::f32s) -> S::f32s {
-        if self == ExpScale::Scalef {
-            // Always `Some`: `of` picked `Scalef` by the test `scalef` makes.
-            if let Some(scaled) = scalef(simd, p, k, x, self.lowest()) {
-                return scaled;
-            }
-        }
-        let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
-        simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
-    }
-}
-
-/// `p * 2^k` per lane by `vscalefps` where `simd` is AVX-512's instruction
-/// set, and 0 in the lanes whose `x` compares below `lowest` (a NaN does
-/// not); `None` elsewhere (after monomorphisation a constant).
-#[inline(always)]
-fn scalef<S: Simd>(simd: S, p: S::f32s, k: S::f32s, x: S::f32s, lowest: f32) -> Option<S::f32s> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::any::Any;
-        use std::arch::x86_64::{__m512, _CMP_NLT_UQ};
-        let v4 = as_v4(simd)?;
-        let lanes =
-            |v: &S::f32s| -> Option<__m512> { (v as &dyn Any).downcast_ref::<pulp::f32x16>().map(|&v| pulp::cast(v)) };
-        let lowest: __m512 = pulp::cast(v4.splat_f32s(lowest));
-        let keep = v4.avx512f._mm512_cmp_ps_mask::<_CMP_NLT_UQ>(lanes(&x)?, lowest);
-        let scaled: pulp::f32x16 = pulp::cast(v4.avx512f._mm512_maskz_scalef_ps(keep, lanes(&p)?, lanes(&k)?));
-        (&scaled as &dyn Any).downcast_ref::<S::f32s>().copied()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (simd, p, k, x, lowest);
-        None
     }
 }
 
@@ -188,7 +227,15 @@ pub(crate) fn exp_capped<S: Simd>(simd: S, x: S::f32s, cap: f32) -> S::f32s {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_v4<S: Simd>(simd: S) -> Option<pulp::x86::V4> {
-    (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>().copied()
+    same_lanes(simd)
+}
+
+/// `v` as type `B`, where `A` is `B` (a generic instruction set's vector
+/// as the concrete one); after monomorphisation a constant.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn same_lanes<A: std::any::Any + Copy, B: std::any::Any + Copy>(v: A) -> Option<B> {
+    (&v as &dyn std::any::Any).downcast_ref::<B>().copied()
 }
 
 /// `ln x` per lane, within one f32 rounding of the exact value for every
@@ -695,6 +742,9 @@ pub(crate) mod tests {
             let xs: Vec<f32> = (0..=4000)
                 .map(|i| from + i as f32 * ((to - from) / 4000.0))
                 .chain([88.0, 88.72, 88.73, 0.0, -0.5, 0.5, -1e-8, -103.2, -103.3])
+                // Densely where the bound is tightest (and every step of
+                // AVX-512's table many times over).
+                .chain((0..=40_000).map(|i| -2.0 + i as f32 * 1e-4))
                 .filter(|&x| x <= to)
                 // Masked logits' values.
                 .chain([-1e30, f32::MIN, f32::NEG_INFINITY])
@@ -710,7 +760,7 @@ pub(crate) mod tests {
                     let rel = ((got as f64) - want).abs() / want;
                     assert!(rel < rel_bound, "e^{x} = {got}, want {want} ({rel:e} > {rel_bound:e})");
                 } else if scale == ExpScale::Scalef {
-                    // The subnormal nearest `2^f` times `2^k`.
+                    // The subnormal nearest `2^f` times `2^n`.
                     let relative = if want > 0.0 { want * rel_bound } else { 0.0 };
                     let bound = relative + 0.5 * 2f64.powi(-149);
                     assert!(((got as f64) - want).abs() <= bound, "e^{x} = {got:e}, want {want:e}");
@@ -849,6 +899,14 @@ pub(crate) mod tests {
     #[test]
     fn exp_is_within_a_rounding_on_every_arch() {
         for_each_arch(|| ExpCheck);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_table_holds_the_sixteenths_of_an_octave() {
+        for (i, &entry) in EXP_TABLE.iter().enumerate() {
+            assert_eq!(entry, 2f64.powf(i as f64 / 16.0) as f32, "2^({i}/16)");
+        }
     }
 
     /// `f` over `xs` on one instruction set, every lane of every vector
