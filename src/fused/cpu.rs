@@ -262,12 +262,12 @@ impl Host<'_> {
     /// the pass writes a gradient, the row `GRAD_ROWS_AHEAD` on in `grad`.
     #[inline(always)]
     fn ahead(&self, r: usize, end: usize, logits_ahead: usize, grad: Option<&Targets>) -> Ahead {
-        let later = r + logits_ahead;
-        let read = if later < end { self.row(later) } else { &[] };
-        let later = r + GRAD_ROWS_AHEAD;
+        let logits_row = r + logits_ahead;
+        let read = if logits_row < end { self.row(logits_row) } else { &[] };
+        let grad_row = r + GRAD_ROWS_AHEAD;
         let write = match grad {
-            // Row `later` is in the block, so in the gradient.
-            Some(targets) if later < end => Lines::at(targets.grad.wrapping_add(later * self.width), self.width),
+            // Row `grad_row` is in the block, so in the gradient.
+            Some(targets) if grad_row < end => Lines::at(targets.grad.wrapping_add(grad_row * self.width), self.width),
             _ => Lines::NONE,
         };
         Ahead {
