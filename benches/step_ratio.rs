@@ -1,7 +1,8 @@
 //! The CPU training step of the fused path against plain cross-entropy's,
 //! side by side in one process: the two steps alternate, so a machine that
 //! slows down (a shared host, frequency changes) slows both alike, and the
-//! ratio of their medians is what is reported.
+//! ratio of their medians is what is reported, with the median and
+//! quartiles of each pair's own ratio.
 //!
 //! `cargo bench --bench step_ratio` measures LVIS detection at N = 4096 and
 //! N = 16; `cargo bench --bench step_ratio -- lvis-det:4096 imagenet-lt:4096`
@@ -33,6 +34,12 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// The quartiles of `values`: first, median, third.
+fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    [1, 2, 3].map(|q| values[(values.len() - 1) * q / 4])
+}
+
 fn measure(shape: &Shape, samples: usize) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -51,14 +58,28 @@ fn measure(shape: &Shape, samples: usize) {
         step(None, &scores, &labels);
         cross.push(t.elapsed());
     }
+    // Each pair's two steps ran a few milliseconds apart, in the same phase
+    // of the machine: their ratio follows a phase change within the run
+    // that the ratio of the two medians can miss.
+    let [low, pair_median, high] = quartiles(
+        fused
+            .iter()
+            .zip(&cross)
+            .map(|(f, c)| f.as_secs_f64() / c.as_secs_f64())
+            .collect(),
+    );
     let (fused, cross) = (median(fused), median(cross));
     println!(
-        "{}/N={}: fused {:.1} us, cross-entropy {:.1} us, ratio {:.2} ({} pairs, {} threads)",
+        "{}/N={}: fused {:.1} us, cross-entropy {:.1} us, ratio {:.3}; per pair {:.3} ({:.3}-{:.3} between quartiles) \
+         ({} pairs, {} threads)",
         shape.name,
         shape.rows,
         fused.as_secs_f64() * 1e6,
         cross.as_secs_f64() * 1e6,
         fused.as_secs_f64() / cross.as_secs_f64(),
+        pair_median,
+        low,
+        high,
         samples,
         tch::get_num_threads(),
     );
