@@ -10,7 +10,9 @@
 //! takes few samples (a smoke run). Freed blocks stay in the heap
 //! (`common::steady_heap`; `SEESAW_BENCH_GLIBC_HEAP=1` leaves glibc's
 //! defaults, under which the ratio follows glibc's trimming rather than the
-//! steps).
+//! steps). `--reference` also times the pure-libtorch path's step
+//! (`Backend::Reference`), after the pairs: about 30 times slower, it is
+//! not interleaved with them.
 
 mod common;
 
@@ -40,7 +42,7 @@ fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
     [1, 2, 3].map(|q| values[(values.len() - 1) * q / 4])
 }
 
-fn measure(shape: &Shape, samples: usize) {
+fn measure(shape: &Shape, samples: usize, reference: bool) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
@@ -69,6 +71,20 @@ fn measure(shape: &Shape, samples: usize) {
             .collect(),
     );
     let (fused, cross) = (median(fused), median(cross));
+    let reference = reference.then(|| {
+        let mut loss =
+            SeesawLoss::new(vs.root() / "reference", shape.config(Backend::Reference)).expect("a valid config");
+        step(Some(&mut loss), &scores, &labels);
+        median(
+            (0..(samples / 20).max(5))
+                .map(|_| {
+                    let t = Instant::now();
+                    step(Some(&mut loss), &scores, &labels);
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    });
     println!(
         "{}/N={}: fused {:.1} us, cross-entropy {:.1} us, ratio {:.3}; per pair {:.3} ({:.3}-{:.3} between quartiles) \
          ({} pairs, {} threads)",
@@ -83,11 +99,21 @@ fn measure(shape: &Shape, samples: usize) {
         samples,
         tch::get_num_threads(),
     );
+    if let Some(reference) = reference {
+        println!(
+            "{}/N={}: reference {:.1} us, {:.2}x cross-entropy's median",
+            shape.name,
+            shape.rows,
+            reference.as_secs_f64() * 1e6,
+            reference.as_secs_f64() / cross.as_secs_f64(),
+        );
+    }
 }
 
 fn main() {
     common::steady_heap();
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let reference = std::env::args().any(|a| a == "--reference");
     let mut picks: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if picks.is_empty() {
         picks = vec!["lvis-det:4096".into(), "lvis-det:16".into()];
@@ -101,6 +127,6 @@ fn main() {
         } else {
             ((2.0 / per_pair) as usize).clamp(20, 2000)
         };
-        measure(shape, samples);
+        measure(shape, samples, reference);
     }
 }
