@@ -11,7 +11,7 @@
 //! (`common::steady_heap`; `SEESAW_BENCH_GLIBC_HEAP=1` leaves glibc's
 //! defaults, under which the ratio follows glibc's trimming rather than the
 //! steps). `--reference` also times the pure-libtorch path's step
-//! (`Backend::Reference`), after the pairs: about 30 times slower, it is
+//! (`Backend::Reference`), after the pairs: 15 to 20 times slower, it is
 //! not interleaved with them.
 
 mod common;
