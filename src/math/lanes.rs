@@ -102,10 +102,7 @@ fn exp_avx512(v4: pulp::x86::V4, x: pulp::f32x16) -> pulp::f32x16 {
     const ROUND: f32 = 786_432.0;
     /// `2^f - 1 = f (c1 + c2 f + c3 f^2)` on `[-1/32, 1/32]`, minimax.
     const POLY: [f32; 3] = [std::f32::consts::LN_2, 0.240_234_29, 0.055_505_95];
-    let log2_e = v4.splat_f32s(std::f32::consts::LOG2_E);
-    let t = v4.mul_add_f32s(x, log2_e, v4.splat_f32s(ROUND));
-    let n = v4.sub_f32s(t, v4.splat_f32s(ROUND));
-    let f = v4.mul_add_f32s(x, log2_e, v4.neg_f32s(n));
+    let (t, n, f) = split_log2(v4, x, ROUND);
     // Past `x = 2^19 ln 2` the sum's last bit is more than 1/16 and `f` is
     // the product's rounding, far outside `[-1/32, 1/32]`: a large negative
     // one would make the polynomial's `2^f` negative and the result `-inf`
@@ -135,7 +132,6 @@ fn exp_avx512(v4: pulp::x86::V4, x: pulp::f32x16) -> pulp::f32x16 {
 /// a step of 1 and a degree-6 polynomial.
 #[inline(always)]
 fn exp_bits<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // `1.5 * 2^23 + 127`: the sum's last bit is 1, and its low bits hold
     // `n + 127`.
     const ROUND: f32 = 12_582_912.0 + 127.0;
@@ -147,11 +143,7 @@ fn exp_bits<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
         0.001_339_993,
         0.000_153_457_92,
     ];
-    let reduced = clamp_below(simd, x, ExpScale::Bits.lowest());
-    let log2_e = simd.splat_f32s(LOG2_E);
-    let t = simd.mul_add_f32s(reduced, log2_e, simd.splat_f32s(ROUND));
-    let n = simd.sub_f32s(t, simd.splat_f32s(ROUND));
-    let f = simd.mul_add_f32s(reduced, log2_e, simd.neg_f32s(n));
+    let (t, _, f) = split_log2(simd, clamp_below(simd, x, ExpScale::Bits.lowest()), ROUND);
     let mut p = simd.splat_f32s(POLY[5]);
     for &c in POLY[..5].iter().rev() {
         p = simd.mul_add_f32s(p, f, simd.splat_f32s(c));
@@ -161,6 +153,18 @@ fn exp_bits<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     // `2^23` (wrapping; the rest of `t`'s bits fall off the top).
     let exponent = simd.mul_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(1 << 23));
     simd.mul_f32s(p, simd.transmute_f32s_u32s(exponent))
+}
+
+/// `x log2 e` as `n + f` ([`exp`]'s documentation): the rounding sum `t =
+/// x log2(e) + round`, whose last bit is the step and whose low bits hold
+/// `n`; `n = t - round`, exact; and `f = x log2(e) - n`, one rounding.
+#[inline(always)]
+fn split_log2<S: Simd>(simd: S, x: S::f32s, round: f32) -> (S::f32s, S::f32s, S::f32s) {
+    let log2_e = simd.splat_f32s(std::f32::consts::LOG2_E);
+    let t = simd.mul_add_f32s(x, log2_e, simd.splat_f32s(round));
+    let n = simd.sub_f32s(t, simd.splat_f32s(round));
+    let f = simd.mul_add_f32s(x, log2_e, simd.neg_f32s(n));
+    (t, n, f)
 }
 
 /// How [`exp`] multiplies `2^f` by `2^n` on an instruction set.
