@@ -123,10 +123,12 @@
 //! compiled for each instruction set, the widest the processor has picked
 //! at run time.
 
+mod aligned;
 mod ends;
 mod lanes;
 
 use crate::params::{SeesawParams, ROW_STATS, UNDERFLOW};
+pub(crate) use aligned::LineAligned;
 pub(crate) use ends::{Ended, Ends, RowEnd, GROUP};
 /// The vector functions' accuracy check, for the callers' tests.
 #[cfg(test)]
@@ -405,7 +407,8 @@ pub(crate) fn class_grad<S: Simd>(
 /// Per-call constants of [`class_forward_powered`]: `P_j = (n_j / n_max)^p`
 /// for every class (in `[e^-LIMIT, 1]`), and `q`.
 pub(crate) struct PoweredCounts {
-    powered: Vec<f32>,
+    /// On a cache line, as the kept row it is read with.
+    powered: LineAligned,
     q: SmallQ,
     /// `exp(log eps)`.
     eps: f32,
@@ -485,9 +488,9 @@ impl PoweredCounts {
         if !(compensation <= Self::LIMIT && mitigation <= Self::LIMIT && params.p >= 0.0) {
             return None;
         }
-        let mut powered = vec![0.0; log_counts.len()];
+        let mut powered = LineAligned::zeros(log_counts.len());
         let power = Power { p: params.p, log_n_max };
-        lanes::store(simd, power, log_counts, log_counts, &mut powered, Ahead::NONE);
+        lanes::store(simd, power, log_counts, log_counts, powered.as_mut_slice(), Ahead::NONE);
         Some(PoweredCounts {
             powered,
             q,
@@ -585,7 +588,9 @@ impl PoweredRow {
 /// [`class_forward`] with one exponential per logit (module documentation,
 /// "The CPU mirror"), up to the row's end: [`PoweredRow::finish`] gives the
 /// loss and stats once the end is taken. `scratch` is at least as long as
-/// `z`; it receives `exp(z_j - shift)`. With `grad = Some((row, scale))` it
+/// `z`; it receives `exp(z_j - shift)`, read back beside the per-class
+/// table, so it is fastest on a cache line as that table is
+/// ([`LineAligned`]). With `grad = Some((row, scale))` it
 /// also writes what [`class_grad`] would, `scale * softmax(z')`, from the
 /// same products: the row's only exponentials are the loss pass's (the
 /// label's entry is the end's, as there). `ahead` as for [`class_forward`].
@@ -615,7 +620,7 @@ pub(crate) fn class_forward_powered<S: Simd>(
     // end. The terms come `c^q` times their size.
     let floor = e[label].max(total * powered.eps);
     let unscale = powered.q.power(1.0 / floor);
-    let p_y = powered.powered[label];
+    let p_y = powered.powered.as_slice()[label];
     let term = PoweredTerm {
         p_y,
         floor,
@@ -626,12 +631,12 @@ pub(crate) fn class_forward_powered<S: Simd>(
     // confident row's small loss with them. `others` is at most `C e^60`.
     let e_y = std::mem::take(&mut e[label]);
     let others = match grad {
-        None => lanes::sum(simd, term, e, &powered.powered, Ahead::NONE) * unscale,
+        None => lanes::sum(simd, term, e, powered.powered.as_slice(), Ahead::NONE) * unscale,
         Some((grad, scale)) => {
             // `softmax(z')_j = term_j / sum`: the terms are kept in the
             // gradient's row (in L1 until the row is done) and scaled there.
             let grad = &mut grad[..z.len()];
-            let others = lanes::sum_keeping(simd, term, e, &powered.powered, grad, Ahead::NONE) * unscale;
+            let others = lanes::sum_keeping(simd, term, e, powered.powered.as_slice(), grad, Ahead::NONE) * unscale;
             lanes::scale(simd, scale * unscale / (e_y * p_y + others), grad);
             others
         }

@@ -21,8 +21,8 @@ use crate::call::Call;
 use crate::config::{Head, Reduction};
 use crate::deferred::{BadBatch, Problem};
 use crate::math::{
-    class_forward, class_forward_powered, class_grad, dispatch, log_counts, prefetch_row, Ahead, Ends, Lines,
-    Objectness, PoweredCounts, PoweredRow, RowEnd, RowStats, GROUP,
+    class_forward, class_forward_powered, class_grad, dispatch, log_counts, prefetch_row, Ahead, Ends, LineAligned,
+    Lines, Objectness, PoweredCounts, PoweredRow, RowEnd, RowStats, GROUP,
 };
 use crate::params::{SeesawParams, ROW_STATS, STATE_BAD, STATE_LEN, STATE_POSITIVE};
 
@@ -611,7 +611,7 @@ fn parallel_rows<W: Fn(Range<usize>) + Sync>(n: usize, width: usize, work: W) {
 thread_local! {
     /// The powered loss pass's row of `exp(z_j - shift)`, kept per thread so
     /// that a call allocates (and zeroes) nothing for it.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<LineAligned> = const { std::cell::RefCell::new(LineAligned::new()) };
 }
 
 /// A row's class part, as its end needs it.
@@ -755,8 +755,8 @@ impl pulp::WithSimd for ForwardBlock<'_> {
         // Taken out of the thread's slot and put back: the row loop must not
         // run inside a closure, which would not get this function's features.
         let mut scratch = SCRATCH.with(|s| s.take());
-        if powered.is_some() && scratch.len() < c {
-            scratch.resize(c, 0.0);
+        if powered.is_some() {
+            scratch.grow_to(c);
         }
         let mut waiting = Waiting::new();
         let end = rows.end;
@@ -778,7 +778,15 @@ impl pulp::WithSimd for ForwardBlock<'_> {
                 let class_part = g.as_mut().map(|(g, up)| (&mut g[..c], host.grad_scales(up, r).0));
                 match powered {
                     Some(powered) => {
-                        let row = class_forward_powered(simd, powered, &z[..c], label, &mut scratch, class_part, ahead);
+                        let row = class_forward_powered(
+                            simd,
+                            powered,
+                            &z[..c],
+                            label,
+                            scratch.as_mut_slice(),
+                            class_part,
+                            ahead,
+                        );
                         (ClassPart::Powered(row), row.end)
                     }
                     None => {
