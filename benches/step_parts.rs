@@ -7,9 +7,9 @@
 //!
 //! `cargo bench --bench step_parts` measures LVIS detection at N = 4096;
 //! `cargo bench --bench step_parts -- imagenet-lt:4096` picks a shape
-//! (`name:rows`, from `benches/common`). `SEESAW_BENCH_QUICK=1` takes few
-//! rounds (a smoke run). Freed blocks stay in the heap, as in `step_ratio`
-//! (`common::steady_heap`).
+//! (`name:rows`, from `benches/common`); `--threads=1` runs it on one
+//! thread. `SEESAW_BENCH_QUICK=1` takes few rounds (a smoke run). Freed
+//! blocks stay in the heap, as in `step_ratio` (`common::steady_heap`).
 
 mod common;
 
@@ -38,6 +38,12 @@ fn main() {
         .find(|a| !a.starts_with("--"))
         .unwrap_or_else(|| "lvis-det:4096".into());
     let shape = common::named(&pick);
+    // `--threads=N` sets libtorch's intra-op threads, which the fused
+    // passes share: with one, the loss pass's arithmetic per row is what
+    // is measured rather than two cores' memory.
+    if let Some(threads) = std::env::args().find_map(|a| a.strip_prefix("--threads=").map(str::to_owned)) {
+        tch::set_num_threads(threads.parse().expect("--threads=N takes a number"));
+    }
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
