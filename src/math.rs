@@ -590,10 +590,10 @@ impl PoweredRow {
 /// loss and stats once the end is taken. `scratch` is at least as long as
 /// `z`; it receives `exp(z_j - shift)`, read back beside the per-class
 /// table, so it is fastest on a cache line as that table is
-/// ([`LineAligned`]). With `grad = Some((row, scale))` it
-/// also writes what [`class_grad`] would, `scale * softmax(z')`, from the
-/// same products: the row's only exponentials are the loss pass's (the
-/// label's entry is the end's, as there). `ahead` as for [`class_forward`].
+/// ([`LineAligned`]). With `grad = Some((row, scale))` it also writes what
+/// [`class_grad`] would, `scale * softmax(z')`, from the same products: the
+/// row's only exponentials are the loss pass's (the label's entry is the
+/// end's, as there). `ahead` as for [`class_forward`].
 #[inline(always)]
 pub(crate) fn class_forward_powered<S: Simd>(
     simd: S,
