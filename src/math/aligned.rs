@@ -9,13 +9,16 @@
 //! loop took 2.9 cycles per 16 logits on this machine's AVX-512 against 1.6
 //! with both on a line (benches/RESULTS.md).
 
+use super::lanes::LINE;
+
 /// One cache line of f32.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([f32; LINE_VALUES]);
+struct Line([f32; LINE]);
 
-/// f32 values per 64-byte line.
-const LINE_VALUES: usize = 16;
+// `align(64)` must name the line that `LINE` counts in f32: no padding
+// between lines, so the buffer's values are contiguous.
+const _: () = assert!(std::mem::size_of::<Line>() == std::mem::align_of::<Line>());
 
 /// A growable f32 buffer whose first value starts a cache line.
 #[derive(Default)]
@@ -43,7 +46,7 @@ impl LineAligned {
     /// At least `len` values long (new values are 0; none are dropped).
     pub(crate) fn grow_to(&mut self, len: usize) {
         if len > self.len {
-            self.lines.resize(len.div_ceil(LINE_VALUES), Line([0.0; LINE_VALUES]));
+            self.lines.resize(len.div_ceil(LINE), Line([0.0; LINE]));
             self.len = len;
         }
     }

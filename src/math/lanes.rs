@@ -459,7 +459,7 @@ fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
 }
 
 /// f32 values per 64-byte cache line.
-const LINE: usize = 16;
+pub(super) const LINE: usize = 16;
 
 /// Values of a later row whose cache lines a row pass asks for as it goes,
 /// known by address alone: nothing here reads or writes them, and a
