@@ -451,6 +451,9 @@ fn keep_max<S: Simd>(simd: S, acc: S::f32s, v: S::f32s) -> S::f32s {
 /// on the scalar fallback would otherwise be one chain of 1203 roundings).
 const ACCUMULATORS: usize = 4;
 
+/// Vectors per loop step of [`store`]: as many as [`fold`] takes per step.
+const STORE_STEP: usize = ACCUMULATORS;
+
 /// The accumulators added in a fixed order, then their lanes.
 #[inline(always)]
 fn total<S: Simd>(simd: S, acc: [S::f32s; ACCUMULATORS]) -> f32 {
@@ -699,11 +702,22 @@ pub(crate) fn store<S: Simd, M: LaneMap<S>>(simd: S, map: M, z: &[f32], w: &[f32
     let (zh, zt) = S::as_simd_f32s(z);
     let (wh, wt) = S::as_simd_f32s(&w[..z.len()]);
     let (oh, ot) = S::as_mut_simd_f32s(&mut out[..z.len()]);
-    for (i, ((o, &zv), &wv)) in oh.iter_mut().zip(zh).zip(wh).enumerate() {
-        prefetch_step(ahead, i * S::F32_LANES, S::F32_LANES);
+    // One check of the prefetch's bounds and one loop count per step of
+    // `STORE_STEP` vectors rather than per vector.
+    let (zq, zr) = zh.as_chunks::<STORE_STEP>();
+    let (wq, wr) = wh.as_chunks::<STORE_STEP>();
+    let (oq, or) = oh.as_chunks_mut::<STORE_STEP>();
+    let step = STORE_STEP * S::F32_LANES;
+    for (i, ((os, zs), ws)) in oq.iter_mut().zip(zq).zip(wq).enumerate() {
+        prefetch_step(ahead, i * step, step);
+        for k in 0..STORE_STEP {
+            os[k] = map.apply(simd, zs[k], ws[k]);
+        }
+    }
+    prefetch_from(ahead, zq.len() * step);
+    for ((o, &zv), &wv) in or.iter_mut().zip(zr).zip(wr) {
         *o = map.apply(simd, zv, wv);
     }
-    prefetch_from(ahead, zh.len() * S::F32_LANES);
     if !zt.is_empty() {
         let v = map.apply(simd, simd.partial_load_f32s(zt), simd.partial_load_f32s(wt));
         simd.partial_store_f32s(ot, v);
