@@ -1,9 +1,10 @@
 //! Where a CPU training step's time goes: the fused step, its loss pass
-//! alone, its backward alone, `forward_backward`, cross-entropy's step and loss, and plain
-//! memory operations over a tensor of the logits' size (one read; one fresh
-//! write; one read and one write, into an existing tensor and into a fresh
-//! one). The operations alternate round by round in one process, so a
-//! machine that slows down slows all of them alike; medians are reported.
+//! alone, its backward alone, `forward_backward`, cross-entropy's step and
+//! loss, and plain memory operations over a tensor of the logits' size (one
+//! read; one fresh write; one read and one write, into an existing tensor
+//! and into a fresh one). The operations alternate round by round in one
+//! process, so a machine that slows down slows all of them alike; medians
+//! are reported.
 //!
 //! `cargo bench --bench step_parts` measures LVIS detection at N = 4096;
 //! `cargo bench --bench step_parts -- imagenet-lt:4096` picks a shape
@@ -16,6 +17,9 @@ mod common;
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
 use tch::{nn, Device, Kind};
+
+/// Where "fused step's backward alone" is in [`PARTS`].
+const BACKWARD_ALONE: usize = 2;
 
 /// The operations measured, in the order each round runs them.
 const PARTS: [&str; 10] = [
@@ -55,7 +59,7 @@ fn main() {
     for round in 0..warm_up + rounds {
         for (part, samples) in times.iter_mut().enumerate() {
             // The backward-alone part's forward runs before its clock starts.
-            let forward_done = (part == 2).then(|| {
+            let forward_done = (part == BACKWARD_ALONE).then(|| {
                 let x = scores.detach().set_requires_grad(true);
                 loss.forward(&x, &labels, None, None).expect("a valid call").total()
             });
@@ -69,7 +73,7 @@ fn main() {
                 1 => drop(tch::no_grad(|| {
                     loss.forward(&scores, &labels, None, None).expect("a valid call")
                 })),
-                2 => forward_done.expect("made above for this part").backward(),
+                BACKWARD_ALONE => forward_done.expect("made above for this part").backward(),
                 3 => drop(
                     loss.forward_backward(&scores, &labels, None, None)
                         .expect("a valid call"),
