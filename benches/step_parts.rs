@@ -16,7 +16,7 @@ mod common;
 
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
-use tch::{nn, Device, Kind};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Where "fused step's backward alone" is in [`PARTS`].
 const BACKWARD_ALONE: usize = 2;
@@ -34,6 +34,13 @@ const PARTS: [&str; 10] = [
     "copy_ into an existing tensor",
     "copy() into a fresh tensor",
 ];
+
+/// A training step's forward through the autograd node: a fresh leaf of
+/// `scores`, the loss, its total (what the step's backward starts from).
+fn step_forward(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) -> Tensor {
+    let x = scores.detach().set_requires_grad(true);
+    loss.forward(&x, labels, None, None).expect("a valid call").total()
+}
 
 fn main() {
     common::steady_heap();
@@ -59,17 +66,10 @@ fn main() {
     for round in 0..warm_up + rounds {
         for (part, samples) in times.iter_mut().enumerate() {
             // The backward-alone part's forward runs before its clock starts.
-            let forward_done = (part == BACKWARD_ALONE).then(|| {
-                let x = scores.detach().set_requires_grad(true);
-                loss.forward(&x, &labels, None, None).expect("a valid call").total()
-            });
+            let forward_done = (part == BACKWARD_ALONE).then(|| step_forward(&mut loss, &scores, &labels));
             let start = Instant::now();
             match part {
-                0 => {
-                    let x = scores.detach().set_requires_grad(true);
-                    let out = loss.forward(&x, &labels, None, None).expect("a valid call");
-                    out.total().backward();
-                }
+                0 => step_forward(&mut loss, &scores, &labels).backward(),
                 1 => drop(tch::no_grad(|| {
                     loss.forward(&scores, &labels, None, None).expect("a valid call")
                 })),
