@@ -2,7 +2,8 @@
 //! alone, its backward alone, `forward_backward`, cross-entropy's step and
 //! loss, and plain memory operations over a tensor of the logits' size (one
 //! read; one fresh write; one read and one write, into an existing tensor
-//! and into a fresh one). The operations alternate round by round in one
+//! and into a fresh one; the fused step's unavoidable traffic,
+//! `common::traffic_floor_step`). The operations alternate round by round in one
 //! process, so a machine that slows down slows all of them alike; medians
 //! are reported.
 //!
@@ -22,7 +23,7 @@ use tch::{nn, Device, Kind, Tensor};
 const BACKWARD_ALONE: usize = 2;
 
 /// The operations measured, in the order each round runs them.
-const PARTS: [&str; 10] = [
+const PARTS: [&str; 11] = [
     "fused step (forward, backward through autograd)",
     "fused loss pass alone (no_grad)",
     "fused step's backward alone (its forward untimed)",
@@ -33,6 +34,7 @@ const PARTS: [&str; 10] = [
     "writing a fresh tensor (empty_like().fill_)",
     "copy_ into an existing tensor",
     "copy() into a fresh tensor",
+    "the step's traffic alone (sum, then mul into fresh)",
 ];
 
 /// A training step's forward through the autograd node: a fresh leaf of
@@ -86,7 +88,8 @@ fn main() {
                 6 => drop(scores.sum(Kind::Float)),
                 7 => drop(scores.empty_like().fill_(1.0)),
                 8 => target.copy_(&scores),
-                _ => drop(scores.copy()),
+                9 => drop(scores.copy()),
+                _ => common::traffic_floor_step(&scores),
             }
             if round >= warm_up {
                 samples.push(start.elapsed());

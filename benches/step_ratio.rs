@@ -12,7 +12,11 @@
 //! defaults, under which the ratio follows glibc's trimming rather than the
 //! steps). `--reference` also times the pure-libtorch path's step
 //! (`Backend::Reference`), after the pairs: 15 to 20 times slower, it is
-//! not interleaved with them.
+//! not interleaved with them. `--floor` adds a second pair to each round:
+//! the step's unavoidable traffic alone (`common::traffic_floor_step`),
+//! then cross-entropy's step again, so that it too follows a
+//! cross-entropy step as the fused one does; it prints that floor's ratio
+//! to cross-entropy and the fused step's to the floor.
 
 mod common;
 
@@ -42,7 +46,18 @@ fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
     [1, 2, 3].map(|q| values[(values.len() - 1) * q / 4])
 }
 
-fn measure(shape: &Shape, samples: usize, reference: bool) {
+/// The quartiles of the pairs' own ratios, `first[i] / second[i]`.
+fn pair_quartiles(first: &[Duration], second: &[Duration]) -> [f64; 3] {
+    quartiles(
+        first
+            .iter()
+            .zip(second)
+            .map(|(f, c)| f.as_secs_f64() / c.as_secs_f64())
+            .collect(),
+    )
+}
+
+fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
@@ -52,6 +67,7 @@ fn measure(shape: &Shape, samples: usize, reference: bool) {
         step(None, &scores, &labels);
     }
     let (mut fused, mut cross) = (Vec::new(), Vec::new());
+    let (mut floors, mut floor_cross) = (Vec::new(), Vec::new());
     for _ in 0..samples {
         let t = Instant::now();
         step(Some(&mut loss), &scores, &labels);
@@ -59,17 +75,24 @@ fn measure(shape: &Shape, samples: usize, reference: bool) {
         let t = Instant::now();
         step(None, &scores, &labels);
         cross.push(t.elapsed());
+        if floor {
+            let t = Instant::now();
+            common::traffic_floor_step(&scores);
+            floors.push(t.elapsed());
+            let t = Instant::now();
+            step(None, &scores, &labels);
+            floor_cross.push(t.elapsed());
+        }
     }
     // Each pair's two steps ran a few milliseconds apart, in the same phase
     // of the machine: their ratio follows a phase change within the run
     // that the ratio of the two medians can miss.
-    let [low, pair_median, high] = quartiles(
-        fused
-            .iter()
-            .zip(&cross)
-            .map(|(f, c)| f.as_secs_f64() / c.as_secs_f64())
-            .collect(),
-    );
+    let [low, pair_median, high] = pair_quartiles(&fused, &cross);
+    let floor = floor.then(|| {
+        let [low, pair_median, high] = pair_quartiles(&floors, &floor_cross);
+        let over_floor = pair_quartiles(&fused, &floors)[1];
+        (median(floors), pair_median, low, high, over_floor)
+    });
     let (fused, cross) = (median(fused), median(cross));
     let reference = reference.then(|| {
         let mut loss =
@@ -99,6 +122,19 @@ fn measure(shape: &Shape, samples: usize, reference: bool) {
         samples,
         tch::get_num_threads(),
     );
+    if let Some((floor, pair_median, low, high, over_floor)) = floor {
+        println!(
+            "{}/N={}: traffic floor {:.1} us, per pair {:.3} ({:.3}-{:.3} between quartiles) of cross-entropy; \
+             fused over floor {:.3} (median of the rounds)",
+            shape.name,
+            shape.rows,
+            floor.as_secs_f64() * 1e6,
+            pair_median,
+            low,
+            high,
+            over_floor,
+        );
+    }
     if let Some(reference) = reference {
         println!(
             "{}/N={}: reference {:.1} us, {:.2}x cross-entropy's median",
@@ -114,6 +150,7 @@ fn main() {
     common::steady_heap();
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let reference = std::env::args().any(|a| a == "--reference");
+    let floor = std::env::args().any(|a| a == "--floor");
     let mut picks: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if picks.is_empty() {
         picks = vec!["lvis-det:4096".into(), "lvis-det:16".into()];
@@ -127,6 +164,6 @@ fn main() {
         } else {
             ((2.0 / per_pair) as usize).clamp(20, 2000)
         };
-        measure(shape, samples, reference);
+        measure(shape, samples, reference, floor);
     }
 }
