@@ -22,8 +22,12 @@ use tch::{nn, Device, Kind, Tensor};
 /// Where "fused step's backward alone" is in [`PARTS`].
 const BACKWARD_ALONE: usize = 2;
 
+/// Where the traffic floor's second half alone is in [`PARTS`]: the
+/// counterpart of [`BACKWARD_ALONE`], its read run before the clock starts.
+const FLOOR_WRITE_ALONE: usize = 11;
+
 /// The operations measured, in the order each round runs them.
-const PARTS: [&str; 11] = [
+const PARTS: [&str; 12] = [
     "fused step (forward, backward through autograd)",
     "fused loss pass alone (no_grad)",
     "fused step's backward alone (its forward untimed)",
@@ -35,6 +39,7 @@ const PARTS: [&str; 11] = [
     "copy_ into an existing tensor",
     "copy() into a fresh tensor",
     "the step's traffic alone (sum, then mul into fresh)",
+    "its second half alone (mul into fresh; the sum untimed)",
 ];
 
 /// A training step's forward through the autograd node: a fresh leaf of
@@ -69,6 +74,9 @@ fn main() {
         for (part, samples) in times.iter_mut().enumerate() {
             // The backward-alone part's forward runs before its clock starts.
             let forward_done = (part == BACKWARD_ALONE).then(|| step_forward(&mut loss, &scores, &labels));
+            if part == FLOOR_WRITE_ALONE {
+                common::traffic_floor_read(&scores);
+            }
             let start = Instant::now();
             match part {
                 0 => step_forward(&mut loss, &scores, &labels).backward(),
@@ -89,7 +97,9 @@ fn main() {
                 7 => drop(scores.empty_like().fill_(1.0)),
                 8 => target.copy_(&scores),
                 9 => drop(scores.copy()),
-                _ => common::traffic_floor_step(&scores),
+                10 => common::traffic_floor_step(&scores),
+                FLOOR_WRITE_ALONE => common::traffic_floor_write(&scores),
+                _ => unreachable!("one arm per part"),
             }
             if round >= warm_up {
                 samples.push(start.elapsed());

@@ -128,6 +128,17 @@ pub fn steady_heap() {
 /// passes, so no fused step can move less; how close it comes, in a phase of
 /// the machine's memory, is its time over this one's.
 pub fn traffic_floor_step(scores: &Tensor) {
+    traffic_floor_read(scores);
+    traffic_floor_write(scores);
+}
+
+/// [`traffic_floor_step`]'s first half, the loss pass's traffic: one read.
+pub fn traffic_floor_read(scores: &Tensor) {
     drop(scores.sum(Kind::Float));
+}
+
+/// [`traffic_floor_step`]'s second half, the gradient pass's traffic: a
+/// read, and a write of a fresh tensor.
+pub fn traffic_floor_write(scores: &Tensor) {
     drop(scores * 2.0);
 }
