@@ -3,9 +3,9 @@
 //! loss, and plain memory operations over a tensor of the logits' size (one
 //! read; one fresh write; one read and one write, into an existing tensor
 //! and into a fresh one; the fused step's unavoidable traffic,
-//! `common::traffic_floor_step`). The operations alternate round by round in one
-//! process, so a machine that slows down slows all of them alike; medians
-//! are reported.
+//! `common::traffic_floor_step`, and its second half alone). The
+//! operations alternate round by round in one process, so a machine that
+//! slows down slows all of them alike; medians are reported.
 //!
 //! `cargo bench --bench step_parts` measures LVIS detection at N = 4096;
 //! `cargo bench --bench step_parts -- imagenet-lt:4096` picks a shape
@@ -39,7 +39,7 @@ const PARTS: [&str; 12] = [
     "copy_ into an existing tensor",
     "copy() into a fresh tensor",
     "the step's traffic alone (sum, then mul into fresh)",
-    "its second half alone (mul into fresh; the sum untimed)",
+    "its second half alone (mul; the sum untimed)",
 ];
 
 /// A training step's forward through the autograd node: a fresh leaf of
@@ -93,7 +93,7 @@ fn main() {
                     x.cross_entropy_for_logits(&labels).backward();
                 }
                 5 => drop(tch::no_grad(|| scores.cross_entropy_for_logits(&labels))),
-                6 => drop(scores.sum(Kind::Float)),
+                6 => common::traffic_floor_read(&scores),
                 7 => drop(scores.empty_like().fill_(1.0)),
                 8 => target.copy_(&scores),
                 9 => drop(scores.copy()),
