@@ -35,6 +35,13 @@ fn step(loss: Option<&mut SeesawLoss>, scores: &Tensor, labels: &Tensor) {
     value.backward();
 }
 
+/// How long `f` takes.
+fn timed(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -75,26 +82,18 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     let (mut fused, mut cross) = (Vec::new(), Vec::new());
     let (mut floors, mut floor_cross) = (Vec::new(), Vec::new());
     for _ in 0..samples {
-        let t = Instant::now();
-        step(Some(&mut loss), &scores, &labels);
-        fused.push(t.elapsed());
-        let t = Instant::now();
-        step(None, &scores, &labels);
-        cross.push(t.elapsed());
+        fused.push(timed(|| step(Some(&mut loss), &scores, &labels)));
+        cross.push(timed(|| step(None, &scores, &labels)));
         if floor {
-            let t = Instant::now();
-            common::traffic_floor_step(&scores);
-            floors.push(t.elapsed());
-            let t = Instant::now();
-            step(None, &scores, &labels);
-            floor_cross.push(t.elapsed());
+            floors.push(timed(|| common::traffic_floor_step(&scores)));
+            floor_cross.push(timed(|| step(None, &scores, &labels)));
         }
     }
     // Each pair's two steps ran a few milliseconds apart, in the same phase
     // of the machine: their ratio follows a phase change within the run
     // that the ratio of the two medians can miss.
     let [low, pair_median, high] = pair_quartiles(&fused, &cross);
-    let floor = floor.then(|| {
+    let floor_line = floor.then(|| {
         let [low, pair_median, high] = pair_quartiles(&floors, &floor_cross);
         let over_floor = pair_quartiles(&fused, &floors)[1];
         format!(
@@ -116,11 +115,7 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
         step(Some(&mut loss), &scores, &labels);
         median(
             (0..(samples / 20).max(5))
-                .map(|_| {
-                    let t = Instant::now();
-                    step(Some(&mut loss), &scores, &labels);
-                    t.elapsed()
-                })
+                .map(|_| timed(|| step(Some(&mut loss), &scores, &labels)))
                 .collect(),
         )
     });
@@ -138,8 +133,8 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
         samples,
         tch::get_num_threads(),
     );
-    if let Some(floor) = floor {
-        println!("{floor}");
+    if let Some(line) = floor_line {
+        println!("{line}");
     }
     if let Some(reference) = reference {
         println!(
