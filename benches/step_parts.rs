@@ -17,7 +17,7 @@ mod common;
 
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Kind};
 
 /// Where "fused step's backward alone" is in [`PARTS`].
 const BACKWARD_ALONE: usize = 2;
@@ -41,13 +41,6 @@ const PARTS: [&str; 12] = [
     "the step's traffic alone (sum, then mul into fresh)",
     "its second half alone (mul; the sum untimed)",
 ];
-
-/// A training step's forward through the autograd node: a fresh leaf of
-/// `scores`, the loss, its total (what the step's backward starts from).
-fn step_forward(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) -> Tensor {
-    let x = scores.detach().set_requires_grad(true);
-    loss.forward(&x, labels, None, None).expect("a valid call").total()
-}
 
 fn main() {
     common::steady_heap();
@@ -73,13 +66,14 @@ fn main() {
     for round in 0..warm_up + rounds {
         for (part, samples) in times.iter_mut().enumerate() {
             // The backward-alone part's forward runs before its clock starts.
-            let forward_done = (part == BACKWARD_ALONE).then(|| step_forward(&mut loss, &scores, &labels));
+            let forward_done =
+                (part == BACKWARD_ALONE).then(|| common::fused_step_forward(&mut loss, &scores, &labels));
             if part == FLOOR_WRITE_ALONE {
                 common::traffic_floor_read(&scores);
             }
             let start = Instant::now();
             match part {
-                0 => step_forward(&mut loss, &scores, &labels).backward(),
+                0 => common::fused_step(&mut loss, &scores, &labels),
                 1 => drop(tch::no_grad(|| {
                     loss.forward(&scores, &labels, None, None).expect("a valid call")
                 })),
@@ -88,10 +82,7 @@ fn main() {
                     loss.forward_backward(&scores, &labels, None, None)
                         .expect("a valid call"),
                 ),
-                4 => {
-                    let x = scores.detach().set_requires_grad(true);
-                    x.cross_entropy_for_logits(&labels).backward();
-                }
+                4 => common::cross_entropy_step(&scores, &labels),
                 5 => drop(tch::no_grad(|| scores.cross_entropy_for_logits(&labels))),
                 6 => common::traffic_floor_read(&scores),
                 7 => drop(scores.empty_like().fill_(1.0)),

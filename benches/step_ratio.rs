@@ -23,17 +23,7 @@ mod common;
 use common::Shape;
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::{Duration, Instant};
-use tch::{nn, Device, Kind, Tensor};
-
-/// One training step: a fresh leaf, the loss, backward into its gradient.
-fn step(loss: Option<&mut SeesawLoss>, scores: &Tensor, labels: &Tensor) {
-    let x = scores.detach().set_requires_grad(true);
-    let value = match loss {
-        Some(loss) => loss.forward(&x, labels, None, None).expect("a valid call").total(),
-        None => x.cross_entropy_for_logits(labels),
-    };
-    value.backward();
-}
+use tch::{nn, Device, Kind};
 
 /// How long `f` takes.
 fn timed(f: impl FnOnce()) -> Duration {
@@ -69,24 +59,33 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut loss = SeesawLoss::new(vs.root() / "loss", shape.config(Backend::Fused)).expect("a valid config");
     let (scores, labels) = shape.inputs(1, Kind::Float, Device::Cpu).swap_remove(0);
-    // Warm-up: every arm that runs below grows the heap to its steady size
-    // here, so that no timed step faults fresh pages in.
+    // One round: the fused step and cross-entropy's, then with `floor` the
+    // floor and cross-entropy's again; each step's time.
+    let mut round = || {
+        let fused = timed(|| common::fused_step(&mut loss, &scores, &labels));
+        let cross = timed(|| common::cross_entropy_step(&scores, &labels));
+        let floor = floor.then(|| {
+            (
+                timed(|| common::traffic_floor_step(&scores)),
+                timed(|| common::cross_entropy_step(&scores, &labels)),
+            )
+        });
+        (fused, cross, floor)
+    };
+    // Warm-up: every arm grows the heap to its steady size here, so that no
+    // timed step faults fresh pages in.
     for _ in 0..3 {
-        step(Some(&mut loss), &scores, &labels);
-        step(None, &scores, &labels);
-        if floor {
-            common::traffic_floor_step(&scores);
-            step(None, &scores, &labels);
-        }
+        round();
     }
     let (mut fused, mut cross) = (Vec::new(), Vec::new());
     let (mut floors, mut floor_cross) = (Vec::new(), Vec::new());
     for _ in 0..samples {
-        fused.push(timed(|| step(Some(&mut loss), &scores, &labels)));
-        cross.push(timed(|| step(None, &scores, &labels)));
-        if floor {
-            floors.push(timed(|| common::traffic_floor_step(&scores)));
-            floor_cross.push(timed(|| step(None, &scores, &labels)));
+        let (f, c, floor) = round();
+        fused.push(f);
+        cross.push(c);
+        if let Some((f, c)) = floor {
+            floors.push(f);
+            floor_cross.push(c);
         }
     }
     // Each pair's two steps ran a few milliseconds apart, in the same phase
@@ -112,10 +111,10 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     let reference = reference.then(|| {
         let mut loss =
             SeesawLoss::new(vs.root() / "reference", shape.config(Backend::Reference)).expect("a valid config");
-        step(Some(&mut loss), &scores, &labels);
+        common::fused_step(&mut loss, &scores, &labels);
         median(
             (0..(samples / 20).max(5))
-                .map(|_| timed(|| step(Some(&mut loss), &scores, &labels)))
+                .map(|_| timed(|| common::fused_step(&mut loss, &scores, &labels)))
                 .collect(),
         )
     });

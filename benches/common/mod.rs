@@ -2,7 +2,7 @@
 //! inputs for one.
 #![allow(dead_code)]
 
-use seesaw_loss::{Backend, SeesawConfig};
+use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
 use tch::{Device, Kind, Tensor};
 
 /// A benchmark shape: head, classes, rows.
@@ -118,6 +118,26 @@ pub fn steady_heap() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
     }
+}
+
+/// A training step's forward through the autograd node: a fresh leaf of
+/// `scores`, the loss, its total (what the step's backward starts from).
+pub fn fused_step_forward(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) -> Tensor {
+    let x = scores.detach().set_requires_grad(true);
+    loss.forward(&x, labels, None, None).expect("a valid call").total()
+}
+
+/// A training step through the autograd node: [`fused_step_forward`], then
+/// backward into the leaf's gradient.
+pub fn fused_step(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) {
+    fused_step_forward(loss, scores, labels).backward();
+}
+
+/// Plain cross-entropy's training step, what the fused one is set against:
+/// a fresh leaf of `scores`, the loss, backward into the leaf's gradient.
+pub fn cross_entropy_step(scores: &Tensor, labels: &Tensor) {
+    let x = scores.detach().set_requires_grad(true);
+    x.cross_entropy_for_logits(labels).backward();
 }
 
 /// The memory traffic a training step through the autograd node cannot
