@@ -44,6 +44,7 @@ const PARTS: [&str; 12] = [
 
 fn main() {
     common::steady_heap();
+    println!("machine: {}", common::machine::describe());
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let pick = std::env::args()
         .skip(1)

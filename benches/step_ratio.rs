@@ -148,6 +148,7 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
 
 fn main() {
     common::steady_heap();
+    println!("machine: {}", common::machine::describe());
     let quick = std::env::var("SEESAW_BENCH_QUICK").is_ok_and(|v| v == "1");
     let reference = std::env::args().any(|a| a == "--reference");
     let floor = std::env::args().any(|a| a == "--floor");

@@ -2,6 +2,8 @@
 //! inputs for one.
 #![allow(dead_code)]
 
+pub mod machine;
+
 use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
 use tch::{Device, Kind, Tensor};
 
