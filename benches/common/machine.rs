@@ -30,8 +30,23 @@ mod x86 {
     use std::arch::x86_64::__cpuid;
     use std::time::Instant;
 
-    /// Loop rounds of each probe: tens of milliseconds in all.
-    const ROUNDS: u64 = 10_000_000;
+    /// Loop rounds of each probe run: a few milliseconds.
+    const ROUNDS: u64 = 2_000_000;
+
+    /// Runs of each probe; the fastest counts, as a run the scheduler cut
+    /// into (another process on the core) only reads slower.
+    const RUNS: usize = 7;
+
+    /// The shortest time of [`RUNS`] runs of `probe`, in nanoseconds.
+    fn fastest(probe: impl Fn()) -> f64 {
+        (0..RUNS)
+            .map(|_| {
+                let start = Instant::now();
+                probe();
+                start.elapsed().as_nanos() as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
 
     pub fn describe() -> String {
         let (vendor, family, model) = identity();
@@ -39,7 +54,7 @@ mod x86 {
         let mut line = format!("{vendor} family {family:#x} model {model:#x}, {ghz:.2} GHz");
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the processor has AVX-512F (checked just above).
-            let per_ns = unsafe { multiply_adds_per_ns() };
+            let per_ns = (16 * ROUNDS) as f64 / fastest(|| unsafe { multiply_adds() });
             line += &format!(", {:.2} 512-bit multiply-adds per cycle", per_ns / ghz);
         }
         line
@@ -56,13 +71,16 @@ mod x86 {
         let eax = __cpuid(1).eax;
         let base_family = (eax >> 8) & 0xf;
         let base_model = (eax >> 4) & 0xf;
-        let (family, model) = if base_family == 0xf {
-            (
-                base_family + ((eax >> 20) & 0xff),
-                base_model | (((eax >> 16) & 0xf) << 4),
-            )
-        } else {
-            (base_family, base_model)
+        // The extended family counts only past 0xf; the extended model is
+        // part of the model for family 0xf (AMD, and Intel's NetBurst) and
+        // for Intel's family 6.
+        let family = match base_family {
+            0xf => base_family + ((eax >> 20) & 0xff),
+            _ => base_family,
+        };
+        let model = match base_family {
+            0x6 | 0xf => base_model | (((eax >> 16) & 0xf) << 4),
+            _ => base_model,
         };
         (String::from_utf8_lossy(&vendor).into_owned(), family, model)
     }
@@ -70,7 +88,11 @@ mod x86 {
     /// Nanoseconds per round of four dependent additions (one cycle each
     /// on every x86-64 core; the loop's count runs beside them), as GHz.
     fn clock_ghz() -> f64 {
-        let start = Instant::now();
+        (4 * ROUNDS) as f64 / fastest(additions)
+    }
+
+    /// [`ROUNDS`] rounds of four dependent additions.
+    fn additions() {
         let (mut x, mut n) = (0u64, ROUNDS);
         // SAFETY: registers only.
         unsafe {
@@ -88,15 +110,16 @@ mod x86 {
             );
         }
         std::hint::black_box((x, n));
-        (4 * ROUNDS) as f64 / start.elapsed().as_nanos() as f64
     }
 
-    /// 512-bit multiply-adds per nanosecond: sixteen independent chains,
-    /// more than the units' latency needs to stay busy, on zeros (no
+    /// [`ROUNDS`] rounds of sixteen 512-bit multiply-adds in independent
+    /// chains, more than the units' latency needs to stay busy, on zeros (no
     /// subnormal slow paths).
+    ///
+    /// # Safety
+    /// The processor has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    unsafe fn multiply_adds_per_ns() -> f64 {
-        let start = Instant::now();
+    unsafe fn multiply_adds() {
         let mut n = ROUNDS;
         // SAFETY: registers only; the caller checked AVX-512F.
         unsafe {
@@ -128,6 +151,5 @@ mod x86 {
             );
         }
         std::hint::black_box(n);
-        (16 * ROUNDS) as f64 / start.elapsed().as_nanos() as f64
     }
 }
