@@ -16,7 +16,7 @@
 mod common;
 
 use seesaw_loss::{Backend, SeesawLoss};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tch::{nn, Device, Kind};
 
 /// Where "fused step's backward alone" is in [`PARTS`].
@@ -72,8 +72,7 @@ fn main() {
             if part == FLOOR_WRITE_ALONE {
                 common::traffic_floor_read(&scores);
             }
-            let start = Instant::now();
-            match part {
+            let elapsed = common::timed(|| match part {
                 0 => common::fused_step(&mut loss, &scores, &labels),
                 1 => drop(tch::no_grad(|| {
                     loss.forward(&scores, &labels, None, None).expect("a valid call")
@@ -92,9 +91,9 @@ fn main() {
                 10 => common::traffic_floor_step(&scores),
                 FLOOR_WRITE_ALONE => common::traffic_floor_write(&scores),
                 _ => unreachable!("one arm per part"),
-            }
+            });
             if round >= warm_up {
-                samples.push(start.elapsed());
+                samples.push(elapsed);
             }
         }
     }

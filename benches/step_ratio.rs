@@ -20,17 +20,11 @@
 
 mod common;
 
+use common::timed;
 use common::Shape;
 use seesaw_loss::{Backend, SeesawLoss};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tch::{nn, Device, Kind};
-
-/// How long `f` takes.
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();

@@ -5,6 +5,7 @@
 pub mod machine;
 
 use seesaw_loss::{Backend, SeesawConfig, SeesawLoss};
+use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 /// A benchmark shape: head, classes, rows.
@@ -120,6 +121,13 @@ pub fn steady_heap() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
     }
+}
+
+/// How long `f` takes.
+pub fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
 }
 
 /// A training step's forward through the autograd node: a fresh leaf of
