@@ -68,12 +68,12 @@ fn main() {
         for (part, samples) in times.iter_mut().enumerate() {
             // The backward-alone part's forward runs before its clock starts.
             let forward_done =
-                (part == BACKWARD_ALONE).then(|| common::fused_step_forward(&mut loss, &scores, &labels));
+                (part == BACKWARD_ALONE).then(|| common::seesaw_step_forward(&mut loss, &scores, &labels));
             if part == FLOOR_WRITE_ALONE {
                 common::traffic_floor_read(&scores);
             }
             let elapsed = common::timed(|| match part {
-                0 => common::fused_step(&mut loss, &scores, &labels),
+                0 => common::seesaw_step(&mut loss, &scores, &labels),
                 1 => drop(tch::no_grad(|| {
                     loss.forward(&scores, &labels, None, None).expect("a valid call")
                 })),

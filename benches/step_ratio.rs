@@ -20,8 +20,7 @@
 
 mod common;
 
-use common::timed;
-use common::Shape;
+use common::{timed, Shape};
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::Duration;
 use tch::{nn, Device, Kind};
@@ -56,7 +55,7 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     // One round: the fused step and cross-entropy's, then with `floor` the
     // floor and cross-entropy's again; each step's time.
     let mut round = || {
-        let fused = timed(|| common::fused_step(&mut loss, &scores, &labels));
+        let fused = timed(|| common::seesaw_step(&mut loss, &scores, &labels));
         let cross = timed(|| common::cross_entropy_step(&scores, &labels));
         let floor = floor.then(|| {
             (
@@ -105,10 +104,10 @@ fn measure(shape: &Shape, samples: usize, reference: bool, floor: bool) {
     let reference = reference.then(|| {
         let mut loss =
             SeesawLoss::new(vs.root() / "reference", shape.config(Backend::Reference)).expect("a valid config");
-        common::fused_step(&mut loss, &scores, &labels);
+        common::seesaw_step(&mut loss, &scores, &labels);
         median(
             (0..(samples / 20).max(5))
-                .map(|_| timed(|| common::fused_step(&mut loss, &scores, &labels)))
+                .map(|_| timed(|| common::seesaw_step(&mut loss, &scores, &labels)))
                 .collect(),
         )
     });

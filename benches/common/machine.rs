@@ -26,9 +26,9 @@ pub fn describe() -> String {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::timed;
     use std::arch::asm;
     use std::arch::x86_64::__cpuid;
-    use std::time::Instant;
 
     /// Loop rounds of each probe run: a few milliseconds.
     const ROUNDS: u64 = 2_000_000;
@@ -40,11 +40,7 @@ mod x86 {
     /// The shortest time of [`RUNS`] runs of `probe`, in nanoseconds.
     fn fastest(probe: impl Fn()) -> f64 {
         (0..RUNS)
-            .map(|_| {
-                let start = Instant::now();
-                probe();
-                start.elapsed().as_nanos() as f64
-            })
+            .map(|_| timed(&probe).as_nanos() as f64)
             .fold(f64::INFINITY, f64::min)
     }
 

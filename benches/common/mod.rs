@@ -130,17 +130,18 @@ pub fn timed(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
-/// A training step's forward through the autograd node: a fresh leaf of
-/// `scores`, the loss, its total (what the step's backward starts from).
-pub fn fused_step_forward(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) -> Tensor {
+/// A training step's forward through `loss` (the autograd node for the
+/// fused backend): a fresh leaf of `scores`, the loss, its total (what the
+/// step's backward starts from).
+pub fn seesaw_step_forward(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) -> Tensor {
     let x = scores.detach().set_requires_grad(true);
     loss.forward(&x, labels, None, None).expect("a valid call").total()
 }
 
-/// A training step through the autograd node: [`fused_step_forward`], then
-/// backward into the leaf's gradient.
-pub fn fused_step(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) {
-    fused_step_forward(loss, scores, labels).backward();
+/// A training step through `loss`: [`seesaw_step_forward`], then backward
+/// into the leaf's gradient.
+pub fn seesaw_step(loss: &mut SeesawLoss, scores: &Tensor, labels: &Tensor) {
+    seesaw_step_forward(loss, scores, labels).backward();
 }
 
 /// Plain cross-entropy's training step, what the fused one is set against:
