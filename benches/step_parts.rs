@@ -104,11 +104,7 @@ fn main() {
         rounds,
         tch::get_num_threads()
     );
-    for (name, mut samples) in PARTS.iter().zip(times) {
-        samples.sort();
-        println!(
-            "  {name:<52} {:>9.1} us",
-            samples[samples.len() / 2].as_secs_f64() * 1e6
-        );
+    for (name, samples) in PARTS.iter().zip(times) {
+        println!("  {name:<52} {:>9.1} us", common::median(samples).as_secs_f64() * 1e6);
     }
 }

@@ -20,15 +20,10 @@
 
 mod common;
 
-use common::{timed, Shape};
+use common::{median, timed, Shape};
 use seesaw_loss::{Backend, SeesawLoss};
 use std::time::Duration;
 use tch::{nn, Device, Kind};
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 /// The quartiles of `values`: first, median, third.
 fn quartiles(mut values: Vec<f64>) -> [f64; 3] {

@@ -2,8 +2,8 @@
 //! processor's identity and two rates measured on the spot.
 //!
 //! The machines these benchmarks run on are virtual, and the host behind
-//! them changes between sessions without the guest's brand string saying so
-//! ("AMD EPYC" either way). The loss pass is bound by its multiply-adds, and
+//! them changes from one run to another without the guest's brand string
+//! saying so ("AMD EPYC" either way). The loss pass is bound by its multiply-adds, and
 //! its first half takes about 1.65 times the cycles on a core that issues
 //! one 512-bit multiply-add per cycle as on one that issues two
 //! (benches/RESULTS.md), so a result is only comparable with another taken

@@ -123,6 +123,12 @@ pub fn steady_heap() {
     }
 }
 
+/// The median of `samples` (the upper one of an even count).
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 /// How long `f` takes.
 pub fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
